@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests that need the real CIFAR-10 read ../shared/data/cifar10 (or $WNZOO_CIFAR10):
+they skip when it is missing on a developer machine, but fail in CI (CI=true), where it must exist."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR10 = Path(os.environ.get("WNZOO_CIFAR10", REPO.parent / "shared" / "data" / "cifar10"))
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    if not (CIFAR10 / "test.npz").is_file():
+        msg = f"real CIFAR-10 not found at {CIFAR10} (set WNZOO_CIFAR10 or place ../shared beside the repo)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return CIFAR10
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

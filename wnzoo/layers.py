@@ -1,0 +1,188 @@
+"""Weight-normalized layers with an explicit direction ``v`` and gain ``g``, and inference fusing.
+
+State-dict keys of a WN layer (``prefix`` is the module path):
+
+- ``prefix.g``    gain, shape ``(out,)``: one scalar per output unit / channel;
+- ``prefix.v``    direction, shape of the plain weight (``(out, in)`` or ``(out, in, kh, kw)``);
+- ``prefix.bias`` bias, shape ``(out,)`` (absent when ``bias=False``).
+
+The effective weight is ``w = g * v / ||v||`` with the norm over all dims but the first, computed
+once per forward call. Two legacy formats load transparently into these keys:
+``weight_g``/``weight_v`` (``torch.nn.utils.weight_norm``, the authors' code) and
+``parametrizations.weight.original0``/``original1`` (``torch.nn.utils.parametrizations.weight_norm``).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["WNConv2d", "WNLinear", "is_wn", "fuse", "fold_bn_into_conv", "fold_bn_into_linear"]
+
+_LEGACY_KEYS = (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1"))
+
+
+class _WeightNorm(nn.Module):
+    """Shared parameter handling of the WN layers.
+
+    ``init_role`` tells the init schemes which gain rule applies (set by the model that owns the
+    layer): ``'relu'`` (γ = 2, followed by ReLU), ``'residual'`` (γ = 1/B_k, last layer of a
+    residual branch; ``stage_blocks`` and ``block_index`` are set too) or ``'linear'`` (γ = 1).
+    """
+
+    g: nn.Parameter
+    v: nn.Parameter
+
+    def _init_params(self, out_features: int, v_shape: tuple[int, ...], bias: bool) -> None:
+        self.v = nn.Parameter(torch.empty(v_shape))
+        self.g = nn.Parameter(torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.init_role = "linear"
+        self.stage_blocks = 1
+        self.block_index = 1
+        nn.init.kaiming_normal_(self.v)
+        with torch.no_grad():
+            self.g.copy_(self.v_norm())
+
+    def v_norm(self) -> torch.Tensor:
+        return self.v.flatten(1).norm(dim=1)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight ``g * v / ||v||`` (a fresh tensor each call)."""
+        scale = self.g / self.v_norm()
+        return self.v * scale.view(-1, *([1] * (self.v.dim() - 1)))
+
+    @property
+    def fan_in(self) -> int:
+        return self.v[0].numel()
+
+    @property
+    def fan_out(self) -> int:
+        return self.v.shape[0] * self.v[0, 0].numel()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for g_key, v_key in _LEGACY_KEYS:
+            if prefix + g_key in state_dict and prefix + v_key in state_dict:
+                state_dict[prefix + "g"] = state_dict.pop(prefix + g_key).reshape(-1)
+                state_dict[prefix + "v"] = state_dict.pop(prefix + v_key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class WNConv2d(_WeightNorm):
+    """2D convolution with weight normalization per output channel."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, bias: bool = True) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self._init_params(out_channels, (out_channels, in_channels, kernel_size, kernel_size), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def to_plain(self) -> nn.Conv2d:
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         bias=self.bias is not None, device=self.v.device, dtype=self.v.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.weight)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None}, role={self.init_role}")
+
+
+class WNLinear(_WeightNorm):
+    """Fully connected layer with weight normalization per output unit."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_params(out_features, (out_features, in_features), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def to_plain(self) -> nn.Linear:
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.v.device, dtype=self.v.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.weight)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, role={self.init_role}"
+
+
+def is_wn(module: nn.Module) -> bool:
+    return isinstance(module, _WeightNorm)
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+@torch.no_grad()
+def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Fold an eval-mode BN that directly follows ``conv`` into it (returns a new conv with bias)."""
+    scale, shift = _bn_scale_shift(bn)
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+    out.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+    out.bias.copy_(bias * scale + shift)
+    return out
+
+
+@torch.no_grad()
+def fold_bn_into_linear(bn: nn.BatchNorm2d, linear: nn.Linear) -> nn.Linear:
+    """Fold an eval-mode BN that precedes ``linear`` through a (linear) global average pool."""
+    scale, shift = _bn_scale_shift(bn)
+    out = nn.Linear(linear.in_features, linear.out_features, device=linear.weight.device,
+                    dtype=linear.weight.dtype)
+    out.weight.copy_(linear.weight * scale.view(1, -1))
+    out.bias.copy_(linear.bias + linear.weight @ shift)
+    return out
+
+
+def _get(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path)
+
+
+def _set(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """Return an eval-mode inference copy with WN folded into plain weights and BN into convs.
+
+    WN layers become ``nn.Conv2d`` / ``nn.Linear`` with plain ``weight`` keys, so the norm is not
+    recomputed per call. BN layers a zoo model lists in ``bn_folds()`` (a BN right after a conv, or
+    the final BN before pooling and the classifier) are folded away. The input model is untouched.
+    """
+    fused = copy.deepcopy(model).eval()
+    for name, module in list(fused.named_modules()):
+        if is_wn(module):
+            _set(fused, name, module.to_plain())
+    folds: Iterable[tuple[str, str]] = fused.bn_folds() if hasattr(fused, "bn_folds") else ()
+    for producer, bn_name in folds:
+        bn, prod = _get(fused, bn_name), _get(fused, producer)
+        if isinstance(prod, nn.Conv2d):
+            _set(fused, producer, fold_bn_into_conv(prod, bn))
+        else:
+            _set(fused, producer, fold_bn_into_linear(bn, prod))
+        _set(fused, bn_name, nn.Identity())
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    return fused

@@ -1,0 +1,147 @@
+"""Validated training configs: a YAML recipe plus ``--set key=value`` overrides."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides"]
+
+_CHOICES = {
+    "dataset": ("cifar10", "cifar100"),
+    "warmup_shape": ("quadratic", "linear"),
+    "schedule": ("step", "cosine", "constant"),
+    "device": ("auto", "cpu", "cuda"),
+    "amp": ("none", "bf16"),
+}
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message names the key and the valid choices."""
+
+
+@dataclass
+class TrainConfig:
+    """One training recipe. Every field can be set in YAML or with ``--set key=value``."""
+
+    model: str = "wn_resnet20"
+    init: str | None = None            # None: the family default (proposed / orthogonal)
+    dataset: str = "cifar10"
+    data: str = "../shared/data/cifar10"
+    val_split: bool = False            # train on 45k, evaluate on the held-out 5k
+    epochs: int = 182
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    wd_on_gains_biases_bn: bool = True  # the authors decay every parameter
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 0.0
+    warmup_shape: str = "quadratic"
+    schedule: str = "step"
+    milestones: list = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0             # max global grad norm; 0 disables
+    ema_decay: float = 0.0             # 0 disables
+    cutout: int = 0                    # side of the cutout square in px; 0 disables
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "bf16"                  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True
+    compile: bool = False
+    eval_every: int = 1
+    log_every: int = 50                # steps between host syncs (progress bar, NaN check)
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        for key, choices in _CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is not valid; choose one of {list(choices)}")
+        positive = ("epochs", "batch_size", "lr", "eval_every", "log_every")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)!r}")
+        for key in ("momentum", "weight_decay", "warmup_epochs", "warmup_lr", "label_smoothing", "grad_clip",
+                    "ema_decay", "cutout"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}")
+        if not (0 <= self.ema_decay < 1):
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not all(0 < m < 1 for m in self.milestones) or sorted(self.milestones) != list(self.milestones):
+            raise ConfigError(f"milestones must be increasing fractions of the run in (0, 1), got {self.milestones}")
+        from ..registry import is_zoo_model, list_models
+        if not is_zoo_model(self.model):
+            import difflib
+            close = difflib.get_close_matches(self.model, list_models(), n=3)
+            raise ConfigError(f"model={self.model!r} is not a zoo model" + (f"; did you mean {close}?" if close else ""))
+        from ..init import BN_SCHEMES, WN_SCHEMES
+        valid = WN_SCHEMES if self.model.startswith("wn_") else BN_SCHEMES
+        if self.init is not None and self.init not in valid:
+            raise ConfigError(f"init={self.init!r} does not apply to {self.model}; choose one of {sorted(valid)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        valid = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
+        out = {}
+        for k, v in d.items():
+            out[k] = _coerce(k, v, valid[k].default if valid[k].default is not dataclasses.MISSING else [])
+        return cls(**out)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check a value against the type of the field's default (ints may stand for floats)."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``['lr=0.05', 'nesterov=true']`` → ``{'lr': 0.05, 'nesterov': True}`` (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | dict | None = None) -> TrainConfig:
+    d: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; see configs/ for the recipes")
+        d = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys, got {type(d).__name__}")
+    d.update(parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {}))
+    return TrainConfig.from_dict(d)
