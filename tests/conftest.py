@@ -25,3 +25,21 @@ def cifar10_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def olah_server(tmp_path_factory):
+    """A real Hub-compatible server (olah 0.5.4, offline, serving git repos from a folder) on 127.0.0.1;
+    tests/hub_olah.py. Skips when olah is not installed on a developer machine, fails in CI."""
+    try:
+        import olah  # noqa: F401
+    except ImportError:
+        msg = "olah is not installed: pip install -e '.[test]' (or pip install olah==0.5.4)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from hub_olah import OlahServer
+
+    server = OlahServer(tmp_path_factory.mktemp("olah")).start()
+    yield server
+    server.stop()

@@ -2,15 +2,20 @@
 
 Published variants are listed in ``wnzoo/published.json`` (written by ``hub/publish.py``): per
 ``arch.tag`` the Hub repo id, the pinned revision, the sha256 of ``model.safetensors`` and its
-metrics. Resolution order for ``pretrained=True``:
+metrics. The record is looked up when weights are loaded, not when the models are registered, so
+a record added later (a new release, a test) is honoured at once. Resolution order for
+``pretrained=True``:
 
-1. ``pretrained_cfg_overlay=dict(file=...)``: a local safetensors file, or a folder holding one;
-2. the Hugging Face cache / Hub through ``hf_hub_download`` at the pinned revision (honours
-   ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and ``cache_dir``);
-3. the release copy kept in this repository under ``hub/<arch>.<tag>/``, so a fresh clone works
-   with no network at all.
+1. ``pretrained_cfg_overlay=dict(file=...)`` (or timm's ``local-dir:``): a local safetensors file,
+   or a folder holding one; it is the user's own file, so no pinned hash applies;
+2. the Hugging Face cache / Hub through ``hf_hub_download`` (honours ``HF_ENDPOINT``,
+   ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and ``cache_dir``). A published repo is read at its pinned
+   revision; another repo (``hf-hub:org/name[@rev]``, ``pretrained_cfg_overlay=dict(hf_hub_id=...)``)
+   at the revision named, or ``main``;
+3. for a published variant, the release copy kept in this repository under ``hub/<arch>.<tag>/``,
+   so a fresh clone works with no network at all.
 
-Whatever the source, published weights must match the pinned sha256, and loading is strict.
+Published weights must match the pinned sha256 whatever their source, and loading is strict.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import torch
 from torch import nn
 
 __all__ = ["published", "published_cfg", "load_pretrained", "resolve_weights", "sha256_file",
-           "load_weights_file", "PUBLISHED_JSON", "RELEASE_DIR", "WeightsError"]
+           "load_weights_file", "PUBLISHED_JSON", "RELEASE_DIR", "WEIGHTS_FILE", "WeightsError"]
 
 _log = logging.getLogger(__name__)
 
@@ -40,16 +45,33 @@ class WeightsError(RuntimeError):
 
 @lru_cache(maxsize=None)
 def published() -> dict[str, dict]:
-    """``arch.tag`` → record (``repo_id``, ``revision``, ``sha256``, ``metrics``, …) of every published variant."""
+    """``arch.tag`` → record (``repo_id``, ``revision``, ``sha256``, ``metrics``, …) of every published variant.
+
+    Read from :data:`PUBLISHED_JSON` once; call ``published.cache_clear()`` after changing that file.
+    """
     if not PUBLISHED_JSON.exists():
         return {}
     return json.loads(PUBLISHED_JSON.read_text())
 
 
+# The hf_hub_id each variant's timm cfg got from the registry when the models were registered.
+_CFG_HUB_IDS: dict[str, str] = {}
+
+
 def published_cfg(name: str) -> dict:
     """The pretrained-cfg fields (weight location) of a published variant; empty if unpublished."""
     rec = published().get(name)
-    return dict(hf_hub_id=rec["repo_id"], hf_hub_filename=WEIGHTS_FILE) if rec else {}
+    if rec is None:
+        return {}
+    _CFG_HUB_IDS[name] = rec["repo_id"]
+    return dict(hf_hub_id=rec["repo_id"], hf_hub_filename=WEIGHTS_FILE)
+
+
+def _requested_hub_id(name: str, cfg: dict) -> str | None:
+    """The repo the caller named (``hf-hub:`` or an overlay), or None when the cfg holds the registry's own
+    default, which the current record supersedes."""
+    hub_id = cfg.get("hf_hub_id")
+    return None if hub_id == _CFG_HUB_IDS.get(name) else hub_id
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -80,50 +102,72 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                            f"delete it and download it again") from e
 
 
-def _check_sha(path: Path, want: str | None, origin: str) -> None:
+def _check_sha(path: Path, want: str | None, origin: str, fix: str) -> None:
     if want is None:
         return
     got = sha256_file(path)
     if got != want:
         raise WeightsError(f"sha256 mismatch for {path} ({origin}): expected {want}, got {got}. The file is "
-                           f"corrupted or not the published one; delete it (or the HF cache entry) and load again, "
-                           f"or pass force_download=True")
+                           f"corrupted, truncated or not the published one. {fix}")
+
+
+def _cache_fix(path: Path) -> str:
+    blob = path.resolve()
+    also = f" and its link {path}" if blob != path else ""
+    return (f"Delete the cached file {blob}{also} and load again; if the download still mismatches, the repo no "
+            f"longer serves the pinned file: load a copy you trust with pretrained_cfg_overlay=dict(file=...)")
+
+
+def _hub_error(e: Exception) -> str:
+    """The exception's class and the first two lines of its message (status, then what was not found)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {' '.join(lines[:2])}"
 
 
 def resolve_weights(name: str, cfg: dict, cache_dir: str | os.PathLike | None = None) -> Path:
     """Find the weight file of ``name`` (``arch.tag``) following the module's resolution order."""
-    rec = published().get(name)
-    want = rec["sha256"] if rec else None
     if cfg.get("file"):
         path = Path(cfg["file"])
         path = path / WEIGHTS_FILE if path.is_dir() else path
         if not path.is_file():
             raise WeightsError(f"pretrained file {path} does not exist")
         return path  # an explicit file is the user's own: no pinned hash to compare with
-    if rec is None:
+    rec = published().get(name)
+    hub_id = _requested_hub_id(name, cfg) or (rec["repo_id"] if rec else None)
+    if not hub_id:
         names = sorted(published())
         raise WeightsError(f"{name} has no published weights yet; published variants: {names or 'none'}. "
                            f"Use pretrained=False, or pass pretrained_cfg_overlay=dict(file='model.safetensors')")
+    repo_id, _, revision = hub_id.partition("@")
+    revision = revision or None
+    # The published repo is read at its pinned revision (or its release tag) and must match the pinned hash.
+    pinned = rec is not None and repo_id == rec["repo_id"] and revision in (None, rec["revision"], rec.get("hub_tag"))
+    want = rec["sha256"] if pinned else None
+    revision = revision or (rec["revision"] if pinned else None)
+    origin = f"Hub {repo_id}@{revision or 'main'}"
     errors = []
     try:
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(rec["repo_id"], WEIGHTS_FILE, revision=rec["revision"], cache_dir=cache_dir))
-        _check_sha(path, want, f"Hub {rec['repo_id']}@{rec['revision'][:12]}")
-        return path
-    except WeightsError:
-        raise
+        path = Path(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision, cache_dir=cache_dir))
     except Exception as e:  # no network, offline cache miss, missing repo or file: fall back, keep the reason
-        errors.append(f"Hub: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        errors.append(f"{origin}: {_hub_error(e)}")
+    else:
+        _check_sha(path, want, origin, _cache_fix(path))
+        return path
     release = RELEASE_DIR / name / WEIGHTS_FILE
-    if release.is_file():
-        _check_sha(release, want, "release copy")
-        _log.info("loaded %s from the release copy %s", name, release)
+    if pinned and release.is_file():
+        _check_sha(release, want, "release copy", f"Restore it from the wnzoo repository (git checkout -- hub/{name})")
+        # expected for a variant not pushed to the Hub yet (pinned to its local commit), a surprise otherwise
+        _log.log(logging.WARNING if rec.get("pushed") else logging.INFO, "%s unavailable (%s); loading the release "
+                 "copy %s", origin, errors[0], release)
         return release
-    errors.append(f"release copy: {release} not found")
-    raise WeightsError(f"could not get weights for {name} (repo {rec['repo_id']}, revision {rec['revision']}):\n  "
-                       + "\n  ".join(errors) + "\nCheck your network or HF_ENDPOINT, or pass "
-                       "pretrained_cfg_overlay=dict(file=...) with a local copy")
+    if pinned:
+        errors.append(f"release copy: {release} not found")
+    raise WeightsError(f"could not get weights for {name} from {repo_id} (revision {revision or 'main'}):\n  "
+                       + "\n  ".join(errors) + "\nCheck the repo id, your network or HF_ENDPOINT (offline: "
+                       "HF_HUB_OFFLINE=1 needs a cached copy), or pass pretrained_cfg_overlay=dict(file=...) "
+                       "with a local copy")
 
 
 def load_pretrained(model: nn.Module, cache_dir: str | os.PathLike | None = None) -> nn.Module:

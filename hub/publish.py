@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Publish a finished run as a verified Hub repo, or regenerate MODEL_CARD.md (logic: wnzoo.publish).
+
+    python hub/publish.py RUN_DIR --repo-id wnzoo/<arch>.<tag> [--data DIR] [--push] [--dry-run]
+    python hub/publish.py --model-card
+
+Without --push the variant is pinned to a deterministic local commit of its folder and served from the
+release copy hub/<arch>.<tag>/; --push uploads it to HF_ENDPOINT (needs a write token: HF_TOKEN or
+`hf auth login`) and pins the Hub's commit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from wnzoo.hub import WeightsError
+from wnzoo.publish import PublishError, publish, write_zoo_card
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", nargs="?", help="finished run folder (runs/<recipe>)")
+    ap.add_argument("--repo-id", help="Hub repo id, wnzoo/<arch>.<tag> (tag c10 or c100)")
+    ap.add_argument("--data", help="dataset folder for the test-set evaluation (default: the run's data)")
+    ap.add_argument("--recipe", help="recipe the card cites (default configs/<run folder name>.yaml)")
+    ap.add_argument("--push", action="store_true", help="upload to the Hub (HF_ENDPOINT) and pin its commit")
+    ap.add_argument("--dry-run", action="store_true", help="build and verify the folder only (see --out)")
+    ap.add_argument("--out", help="where --dry-run builds the folder (default: a new temporary folder)")
+    ap.add_argument("--model-card", action="store_true", help="regenerate MODEL_CARD.md from wnzoo/published.json")
+    args = ap.parse_args(argv)
+    if args.model_card:
+        print(f"wrote {write_zoo_card()}")
+        return 0
+    if not args.run_dir or not args.repo_id:
+        ap.error("RUN_DIR and --repo-id are required (or --model-card)")
+    try:
+        rec, folder = publish(args.run_dir, args.repo_id, data=args.data, recipe=args.recipe, push=args.push,
+                              dry_run=args.dry_run, out=args.out)
+    except (PublishError, WeightsError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rec, indent=2))
+    what = "built and verified (dry run)" if args.dry_run else ("pushed" if rec["pushed"] else "published locally")
+    print(f"{args.repo_id}: {what}, top-1 {rec['metrics']['top1']:.2f} %, folder {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""Turn a finished training run into a published, documented and verified Hub repo (CLI: ``hub/publish.py``).
+
+:func:`publish` does, in order, and stops at the first problem:
+
+1. reads the run folder (finished, its model and dataset match the repo id) and finds the recipe in
+   ``configs/`` that reproduces it (differences become ``--set`` overrides in the card's command);
+2. builds the Hub folder: ``model.safetensors`` (re-saved from a strict load, so its keys are the
+   model's own), ``config.json`` (timm's schema plus wnzoo's fields), ``README.md`` (the model card),
+   ``recipe.yaml`` (the resolved training config), ``metrics.jsonl`` and ``curves.png``; the run's
+   resume state (``state.pt``, a pickle) is never published;
+3. verifies it: strict load through the path users take, re-evaluation of the fused model on the
+   full test split on CPU (the card states this number, never one from the training log, and the
+   two must agree), the card's, config's and record's numbers and hashes equal;
+4. pins it. With ``push=True`` it uploads through ``HfApi`` (``create_repo``, ``upload_folder``,
+   ``create_tag`` ``v1``, ``v2``, …) to ``HF_ENDPOINT``, downloads the commit back to compare every
+   file, and pins the Hub's commit sha. Without a push it pins the sha of a *deterministic* local git
+   commit of the folder (fixed author, date and message, no parent): anyone can recompute it from the
+   release copy with :func:`commit_folder`, and a git-based mirror built from the release copy (olah's
+   ``mirrors-path``, ``git push``) serves exactly that revision. The Hub itself does not know such a
+   revision, so users load the release copy until a ``--push`` replaces the pin with the Hub's commit;
+5. keeps the release copy ``hub/<arch>.<tag>/`` (weight files up to 10 MB), records the variant in
+   ``wnzoo/published.json`` and regenerates ``MODEL_CARD.md``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import __version__
+from ._constants import DATASET_STATS, TAG_DATASET
+from .hub import PUBLISHED_JSON, RELEASE_DIR, WEIGHTS_FILE, load_weights_file, published, sha256_file
+from .model_card import MODEL_CARD, twin_name, variant_card, zoo_card
+from .training.checkpoint import atomic_write, save_weights, write_json
+
+__all__ = ["publish", "PublishError", "Run", "build_folder", "measure", "verify_folder", "commit_folder",
+           "commit_message", "push_folder", "write_zoo_card", "read_registry", "REPO_ROOT", "HUB_FILES"]
+
+_log = logging.getLogger(__name__)
+
+REPO_ROOT = RELEASE_DIR.parent
+HUB_FILES = (WEIGHTS_FILE, "config.json", "README.md", "recipe.yaml", "metrics.jsonl", "curves.png")
+RELEASE_MAX_BYTES = 10_000_000        # per weight file kept in the repository (docs/design.md)
+RELEASE_TOTAL_MAX_BYTES = 48 << 20    # all release copies together
+LOG_TOLERANCE = 1.0                   # points of top-1 between the training log and the publish-time measurement
+# Run-config keys that do not change the trained weights' recipe (where the data is, how it is logged).
+_NOT_RECIPE = ("data", "device", "compile", "log_every", "eval_every", "notes")
+# A fixed identity and date make the local commit (and so the pinned revision) a function of the files only.
+_GIT_ENV = dict(GIT_AUTHOR_NAME="wnzoo", GIT_AUTHOR_EMAIL="wnzoo@users.noreply.huggingface.co",
+                GIT_COMMITTER_NAME="wnzoo", GIT_COMMITTER_EMAIL="wnzoo@users.noreply.huggingface.co",
+                GIT_AUTHOR_DATE="2019-12-08T00:00:00+0000", GIT_COMMITTER_DATE="2019-12-08T00:00:00+0000",
+                GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT="0")
+
+
+class PublishError(RuntimeError):
+    """A run that cannot be published as asked, or a Hub folder that fails verification; the message says why."""
+
+
+@dataclass
+class Run:
+    """A finished training run folder (wnzoo/training/loop.py)."""
+
+    dir: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike) -> "Run":
+        d = Path(run_dir)
+        missing = [f for f in (WEIGHTS_FILE, "config.yaml", "metrics.jsonl", "summary.json") if not (d / f).is_file()]
+        if missing == ["summary.json"]:
+            raise PublishError(f"run {d} has no summary.json yet: it is still training, or it stopped; finish it "
+                               f"(python train/train.py -c ... --out {d} --resume)")
+        if missing:
+            raise PublishError(f"{d} is not a finished run folder: {', '.join(missing)} missing "
+                               f"(train it with python train/train.py -c configs/X.yaml)")
+        summary = json.loads((d / "summary.json").read_text())
+        if summary.get("status") != "finished":
+            raise PublishError(f"run {d} has status {summary.get('status')!r}, not 'finished'; finish it first "
+                               f"(python train/train.py -c ... --out {d} --resume)")
+        history = [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        return cls(d, yaml.safe_load((d / "config.yaml").read_text()), summary, history)
+
+    def logged_test_acc(self) -> float | None:
+        """The final test accuracy the training loop logged (None when it evaluated on a validation split)."""
+        return self.summary.get("test_acc")
+
+
+def parse_repo_id(repo_id: str) -> tuple[str, str, str]:
+    """``'wnzoo/wn_resnet20.c10'`` → ``('wn_resnet20.c10', 'wn_resnet20', 'c10')``, checked against the zoo."""
+    from .registry import is_zoo_model
+
+    org, _, name = repo_id.partition("/")
+    arch, _, tag = name.partition(".")
+    if not org or not is_zoo_model(arch) or tag not in TAG_DATASET:
+        raise PublishError(f"repo id {repo_id!r} must be '<org>/<arch>.<tag>' with a zoo architecture and a tag in "
+                           f"{sorted(TAG_DATASET)}, e.g. 'wnzoo/wn_resnet56.c10'")
+    return name, arch, tag
+
+
+def recipe_for(run: Run, recipe: str | os.PathLike | None = None) -> tuple[str, list[str]]:
+    """The recipe file (repo-relative) that reproduces ``run`` and the ``--set`` overrides it still needs."""
+    from .training import load_config
+
+    path = Path(recipe) if recipe else REPO_ROOT / "configs" / f"{run.dir.name}.yaml"
+    path = path if path.is_absolute() else (Path.cwd() / path)
+    if not path.is_file():
+        raise PublishError(f"no recipe {path} for run {run.dir.name}; pass --recipe configs/X.yaml (the card links "
+                           f"it and states the command that reproduces the run)")
+    try:
+        rel = path.resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        raise PublishError(f"recipe {path} is outside the repository {REPO_ROOT}; the card links it, so it must "
+                           f"be a tracked file such as configs/X.yaml") from None
+    want = load_config(path).to_dict()
+    overrides = [shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in run.config.items()
+                 if k not in _NOT_RECIPE and want.get(k) != v]
+    return rel.as_posix(), overrides
+
+
+def recipe_notes(recipe_path: Path) -> str:
+    """The leading comment block of a recipe file, which says why the recipe is what it is."""
+    notes = []
+    for line in recipe_path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        notes.append(line[1:].strip())
+    return "\n".join(notes).strip()
+
+
+def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
+    """Write the weights (strictly loaded and re-saved), the recipe, metrics and curves into ``out``;
+    returns the model holding the weights."""
+    from .registry import create_model
+
+    arch, tag = name.split(".")
+    dataset = TAG_DATASET[tag]
+    if run.config.get("model") != arch or run.config.get("dataset") != dataset:
+        raise PublishError(f"run {run.dir} trained {run.config.get('model')} on {run.config.get('dataset')}, but "
+                           f"{name} is {arch} on {dataset}; pick the matching --repo-id")
+    state = load_weights_file(run.dir / WEIGHTS_FILE)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise PublishError(f"{run.dir / WEIGHTS_FILE} holds non-finite values in {bad[:5]}; the run diverged")
+    model = create_model(arch, num_classes=DATASET_STATS[dataset]["num_classes"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PublishError(f"{run.dir / WEIGHTS_FILE} does not fit {arch}: missing keys {missing[:5]}, unexpected "
+                           f"{unexpected[:5]}. A 'module.' or '_orig_mod.' prefix comes from a DDP or compiled "
+                           f"wrapper: save the unwrapped model's state_dict()")
+    out.mkdir(parents=True, exist_ok=True)
+    # One metadata key only: safetensors writes metadata in hash order, and the file must hash the same every time.
+    save_weights(out / WEIGHTS_FILE, model.state_dict(), {"format": "pt"})
+    (out / "recipe.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
+    shutil.copyfile(run.dir / "metrics.jsonl", out / "metrics.jsonl")
+    if (run.dir / "curves.png").is_file():
+        shutil.copyfile(run.dir / "curves.png", out / "curves.png")
+    return model
+
+
+def measure(folder: Path, name: str, data: str | os.PathLike) -> dict[str, Any]:
+    """Load ``folder``'s weights strictly as users do, fuse, and evaluate on the full test split on CPU."""
+    from . import evaluation
+    from .data import DeviceData, load_split
+    from .layers import fuse
+    from .registry import create_model
+
+    dataset = TAG_DATASET[name.split(".")[1]]
+    model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(folder)))
+    images, labels = load_split(data, dataset, "test")
+    if len(labels) != evaluation.TEST_SPLIT_SIZE:
+        raise PublishError(f"the test split in {data} has {len(labels)} images, the official {dataset} test split has "
+                           f"{evaluation.TEST_SPLIT_SIZE}; pass --data with the full dataset")
+    res = evaluation.evaluate(fuse(model), DeviceData.from_arrays(images, labels, dataset, device="cpu"))
+    return dict(metrics=dict(top1=round(res["top1"], 2), top5=round(res["top5"], 2)),
+                eval=dict(n=res["n"], split="test", device="cpu", dtype="float32", fused=True,
+                          torch=torch.__version__.split("+")[0]))
+
+
+def hub_config(model: torch.nn.Module, rec: dict[str, Any]) -> dict[str, Any]:
+    """``config.json`` in timm's schema (``timm.create_model('hf-hub:...')`` reads it) plus wnzoo's fields."""
+    cfg = {k: v for k, v in model.pretrained_cfg.items()
+           if v is not None and k not in ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source",
+                                          "architecture")}
+    return {"architecture": rec["arch"], "num_classes": model.num_classes, "num_features": model.num_features,
+            "global_pool": "avg", "pretrained_cfg": cfg,
+            **{k: rec[k] for k in ("dataset", "metrics", "eval", "recipe", "params", "epochs", "sha256")},
+            "hf_dataset": DATASET_STATS[rec["dataset"]]["hf_id"], "library": "wnzoo", "wnzoo_version": __version__}
+
+
+def verify_folder(folder: Path, rec: dict[str, Any], weights: bool = True) -> None:
+    """Check a Hub folder against its record: files, hash, config.json, and the card's model-index number.
+    ``weights=False`` checks a release copy kept without its (too large) weight file."""
+    from huggingface_hub import ModelCard
+
+    name = f"{rec['arch']}.{rec['tag']}"
+    files = sorted(p.name for p in folder.iterdir())
+    unexpected = [f for f in files if f not in HUB_FILES]
+    required = [f for f in HUB_FILES if f != "curves.png" and (weights or f != WEIGHTS_FILE) and f not in files]
+    if unexpected or required:
+        raise PublishError(f"{folder}: unexpected files {unexpected}, missing {required}")
+    if weights and sha256_file(folder / WEIGHTS_FILE) != rec["sha256"]:
+        raise PublishError(f"{folder / WEIGHTS_FILE} does not hash to the recorded sha256 {rec['sha256']}")
+    cfg = json.loads((folder / "config.json").read_text())
+    for key in ("metrics", "eval", "sha256", "params", "recipe", "dataset"):
+        if cfg.get(key) != rec[key]:
+            raise PublishError(f"{folder}/config.json has {key}={cfg.get(key)!r}, the record {rec[key]!r}")
+    if (cfg["architecture"], cfg["pretrained_cfg"].get("tag")) != (rec["arch"], rec["tag"]):
+        raise PublishError(f"{folder}/config.json describes {cfg['architecture']}.{cfg['pretrained_cfg'].get('tag')}, "
+                           f"not {name}")
+    card = ModelCard.load(folder / "README.md")
+    results = card.data.eval_results or []
+    if [r.metric_value for r in results] != [rec["metrics"]["top1"]]:
+        raise PublishError(f"{folder}/README.md reports {[r.metric_value for r in results]}, measured "
+                           f"{rec['metrics']['top1']}")
+    if f"{rec['metrics']['top1']:.2f} %" not in card.text:
+        raise PublishError(f"{folder}/README.md does not state the measured top-1 {rec['metrics']['top1']:.2f} %")
+
+
+def commit_message(rec: dict[str, Any]) -> str:
+    return f"Publish {rec['arch']}.{rec['tag']}: top-1 {rec['metrics']['top1']:.2f} % on {rec['dataset']} test"
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, **_GIT_ENV}
+    cmd = ["git", "-c", "core.autocrlf=false", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false",
+           "-c", f"core.hooksPath={os.devnull}", *args]
+    try:
+        return subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        raise PublishError("git is not installed; publishing needs it to pin a local revision") from None
+    except subprocess.CalledProcessError as e:
+        raise PublishError(f"git {' '.join(args)} failed in {repo}: {e.stderr.strip()}") from None
+
+
+def commit_folder(folder: Path, repo_dir: Path, message: str, tag: str | None = None) -> str:
+    """Commit exactly the files of ``folder`` to branch ``main`` of the git repo ``repo_dir`` (created if
+    needed) with a fixed identity and date; returns the commit sha. In a new repo the commit has no
+    parent, so its sha depends on the files and ``message`` only."""
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    if not (repo_dir / ".git").exists():
+        _git(repo_dir, "init", "-q", "-b", "main")
+    for p in repo_dir.iterdir():
+        if p.name != ".git":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for p in sorted(folder.iterdir()):
+        shutil.copyfile(p, repo_dir / p.name)
+    _git(repo_dir, "add", "-A")
+    _git(repo_dir, "commit", "-q", "--allow-empty", "-m", message)
+    if tag:
+        _git(repo_dir, "tag", tag)
+    return _git(repo_dir, "rev-parse", "HEAD")
+
+
+def local_revision(folder: Path, message: str) -> str:
+    """The sha of the deterministic root commit of ``folder`` (see the module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="wnzoo-commit-") as tmp:
+        return commit_folder(folder, Path(tmp) / "repo", message)
+
+
+def push_folder(folder: Path, repo_id: str, message: str, endpoint: str | None = None,
+                token: str | None = None) -> tuple[str, str]:
+    """Upload ``folder`` as one commit to ``repo_id``, tag it ``v<N>`` and check the Hub serves exactly
+    these files at that commit; returns ``(commit sha, tag)``."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(endpoint=endpoint, token=token, library_name="wnzoo", library_version=__version__)
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        tags = {t.name for t in api.list_repo_refs(repo_id).tags}
+        # delete_patterns="*": files of an earlier version not in this folder are removed (.gitattributes is kept).
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message, delete_patterns="*")
+        hub_tag = next(f"v{i}" for i in count(1) if f"v{i}" not in tags)
+        api.create_tag(repo_id, tag=hub_tag, revision=info.oid, tag_message=message)
+    except HfHubHTTPError as e:
+        raise PublishError(f"push of {repo_id} to {api.endpoint} failed: {e}. A write token is needed (HF_TOKEN or "
+                           f"`hf auth login`) with rights on the namespace; nothing was recorded") from e
+    with tempfile.TemporaryDirectory(prefix="wnzoo-verify-") as tmp:
+        snap = Path(snapshot_download(repo_id, revision=info.oid, cache_dir=tmp, endpoint=api.endpoint, token=token))
+        remote = sorted(p.name for p in snap.iterdir() if p.name != ".gitattributes")
+        local = sorted(p.name for p in folder.iterdir())
+        differ = [f for f in local if f in remote and (snap / f).read_bytes() != (folder / f).read_bytes()]
+        if remote != local or differ:
+            raise PublishError(f"{repo_id}@{info.oid} does not serve the published folder: files {remote} vs "
+                               f"{local}, different content in {differ}")
+    return info.oid, hub_tag
+
+
+def read_registry(path: Path = PUBLISHED_JSON) -> dict[str, dict]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_zoo_card(registry: Path = PUBLISHED_JSON, path: Path = MODEL_CARD) -> Path:
+    """Regenerate ``MODEL_CARD.md`` from the registry."""
+    text = zoo_card(read_registry(registry))
+    atomic_write(path, lambda p: Path(p).write_text(text))
+    return path
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` onto ``dst``, replacing it, so a crash leaves the old or the new copy, never a mix."""
+    old = dst.with_name(f".{dst.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        dst.rename(old)
+    shutil.move(str(src), dst)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _release_size(release_dir: Path, skip: str) -> int:
+    if not release_dir.is_dir():
+        return 0
+    return sum(p.stat().st_size for d in release_dir.iterdir() if d.is_dir() and d.name != skip
+               for p in d.rglob("*") if p.is_file())
+
+
+def publish(run_dir: str | os.PathLike, repo_id: str, *, data: str | os.PathLike | None = None,
+            recipe: str | os.PathLike | None = None, push: bool = False, dry_run: bool = False,
+            out: str | os.PathLike | None = None, endpoint: str | None = None, token: str | None = None,
+            release_dir: Path = RELEASE_DIR, registry: Path = PUBLISHED_JSON,
+            zoo_card_path: Path = MODEL_CARD) -> tuple[dict[str, Any], Path]:
+    """Publish ``run_dir`` as ``repo_id`` (see the module docstring); returns the record and the Hub folder.
+
+    ``dry_run`` builds and verifies the folder in ``out`` (default: a new temporary folder) and stops
+    there: nothing is pushed, pinned or recorded. ``data`` defaults to the run's own data source.
+    """
+    name = parse_repo_id(repo_id)[0]
+    run = Run.read(run_dir)
+    recipe_rel, overrides = recipe_for(run, recipe)
+    tmp = None if out else Path(tempfile.mkdtemp(prefix=f"wnzoo-{name}-"))
+    stage = Path(out) if out else tmp / name
+    if stage.exists() and any(stage.iterdir()):
+        raise PublishError(f"output folder {stage} is not empty; choose a new --out")
+    try:
+        rec = _build_and_verify(run, repo_id, stage, data, recipe_rel, overrides, read_registry(registry))
+        if dry_run:
+            tmp = None  # keep the folder for inspection
+            return rec, stage
+        _pin_and_record(rec, name, stage, push, endpoint, token, release_dir, registry, zoo_card_path)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return rec, release_dir / name
+
+
+def _build_and_verify(run: Run, repo_id: str, stage: Path, data: str | os.PathLike | None, recipe_rel: str,
+                      overrides: list[str], records: dict[str, dict]) -> dict[str, Any]:
+    name, arch, tag = parse_repo_id(repo_id)
+    model = build_folder(run, name, stage)
+    measured = measure(stage, name, data if data is not None else run.config["data"])
+    logged = run.logged_test_acc()
+    if logged is not None and abs(logged - measured["metrics"]["top1"]) > LOG_TOLERANCE:
+        raise PublishError(f"publish measured top-1 {measured['metrics']['top1']:.2f} % but the run logged "
+                           f"{logged:.2f} % on the test set: is --data the dataset the run was trained on?")
+    rec: dict[str, Any] = dict(
+        repo_id=repo_id, revision=None, sha256=sha256_file(stage / WEIGHTS_FILE), dataset=TAG_DATASET[tag],
+        metrics=measured["metrics"], recipe=recipe_rel, params=sum(p.numel() for p in model.parameters()),
+        arch=arch, tag=tag, epochs=run.summary.get("epochs_done", run.config["epochs"]),
+        size=(stage / WEIGHTS_FILE).stat().st_size, eval=measured["eval"], pushed=False, hub_tag=None)
+    write_json(stage / "config.json", hub_config(model, rec))
+    reproduce = " ".join(["python train/train.py -c", recipe_rel] + (["--set", *overrides] if overrides else []))
+    card = variant_card(rec, train_cfg=run.config, summary=run.summary, history=run.history, reproduce=reproduce,
+                        recipe_notes=recipe_notes(REPO_ROOT / recipe_rel),
+                        files=sorted(p.name for p in stage.iterdir()), twin=records.get(twin_name(name)))
+    atomic_write(stage / "README.md", lambda p: card.save(p))
+    verify_folder(stage, rec)
+    return rec
+
+
+def _pin_and_record(rec: dict[str, Any], name: str, stage: Path, push: bool, endpoint: str | None,
+                    token: str | None, release_dir: Path, registry: Path, zoo_card_path: Path) -> None:
+    keep_weights = rec["size"] <= RELEASE_MAX_BYTES
+    total = _release_size(release_dir, name) + sum(p.stat().st_size for p in stage.iterdir()
+                                                   if keep_weights or p.name != WEIGHTS_FILE)
+    if total > RELEASE_TOTAL_MAX_BYTES:
+        raise PublishError(f"the release copies would take {total / 2**20:.1f} MiB, over the "
+                           f"{RELEASE_TOTAL_MAX_BYTES >> 20} MiB the repository allows")
+    if push:
+        rec["revision"], rec["hub_tag"] = push_folder(stage, rec["repo_id"], commit_message(rec), endpoint, token)
+        rec["pushed"] = True
+    else:
+        rec["revision"] = local_revision(stage, commit_message(rec))
+    release = stage.with_name(f".{name}.release")
+    shutil.copytree(stage, release)
+    if not keep_weights:
+        _log.warning("%s is %.1f MB, over the %d MB kept in the repository: the release copy has no weights, so "
+                     "a fresh clone loads them from the Hub only", WEIGHTS_FILE, rec["size"] / 1e6,
+                     RELEASE_MAX_BYTES // 1_000_000)
+        (release / WEIGHTS_FILE).unlink()
+    release_dir.mkdir(parents=True, exist_ok=True)
+    _replace_dir(release, release_dir / name)
+    records = read_registry(registry)
+    records[name] = rec
+    write_json(registry, dict(sorted(records.items())))
+    if registry == PUBLISHED_JSON:
+        published.cache_clear()
+    write_zoo_card(registry, zoo_card_path)
