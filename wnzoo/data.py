@@ -1,6 +1,14 @@
 """CIFAR-10/100 from the sources users have, and a device-resident training/eval pipeline.
 
-``load_split(source, dataset, split)`` returns ``(images uint8 NHWC, labels int64)`` numpy arrays.
+``load_split(source, dataset, split)`` returns ``(images uint8 NHWC, labels int64)`` numpy arrays
+from whatever ``source`` is, detected by :func:`detect_source`:
+
+* an HF dataset id (default ``uoft-cs/cifar10`` / ``uoft-cs/cifar100``), through ``datasets``;
+* a local copy of such a dataset repo (parquet files as on the Hub, read with pyarrow);
+* torchvision's ``cifar-10-batches-py`` / ``cifar-100-python`` folder, or the folder above it;
+* a folder with ``train.npz`` / ``test.npz`` (arrays ``images`` uint8 NHWC and ``labels``);
+* a folder holding one of those in a ``cifar10`` / ``cifar100`` subfolder (``../shared/data``).
+
 ``DeviceData`` keeps those uint8 arrays on the training device and batches, augments (crop with
 4-px zero padding, horizontal flip, optional cutout) and normalizes there, so no DataLoader worker
 or host-to-device copy sits on the hot path. Its randomness derives from ``(seed, epoch)`` only,
@@ -8,6 +16,9 @@ so an epoch is reproducible from the seed alone, which is what makes resume exac
 """
 from __future__ import annotations
 
+import io
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +27,23 @@ import torch
 
 from ._constants import DATASET_STATS
 
-__all__ = ["load_split", "DeviceData", "DataError", "DATASET_STATS", "train_val_indices", "normalize"]
+__all__ = ["load_split", "detect_source", "DeviceData", "DataError", "DATASET_STATS", "train_val_indices",
+           "normalize"]
+
+# torchvision's extracted folder per dataset: its name, batch files per split, metadata file, label key
+_TORCHVISION = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], meta="batches.meta", label_key="labels"),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], meta="meta", label_key="fine_labels"),
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _local_hint(dataset: str) -> str:
+    stats, tv = DATASET_STATS[dataset], _TORCHVISION[dataset]["folder"]
+    return (f"pass --data with a local folder: a copy of the dataset repo (on a machine with network: "
+            f"`hf download {stats['hf_id']} --repo-type dataset --local-dir DIR`), torchvision's {tv} "
+            f"folder, or a folder with train.npz/test.npz (arrays 'images' (N,32,32,3) uint8 and 'labels')")
 
 
 class DataError(ValueError):
@@ -34,6 +61,11 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, dataset: str, origin: 
     if len(labels) and (labels.min() < 0 or labels.max() >= n):
         raise DataError(f"{origin}: labels span [{labels.min()}, {labels.max()}] but {dataset} has {n} classes; "
                         f"is this the right dataset (--dataset cifar10 / cifar100)?")
+    # A full-size split holds every class; fewer means another dataset (CIFAR-10 data read as CIFAR-100).
+    seen = len(np.unique(labels))
+    if len(labels) >= 10 * n and seen != n:
+        raise DataError(f"{origin}: only {seen} of {dataset}'s {n} classes occur in {len(labels)} labels; "
+                        f"is this the right dataset (--dataset cifar10 / cifar100)?")
     return images, labels
 
 
@@ -49,16 +81,173 @@ def _load_npz(folder: Path, dataset: str, split: str) -> tuple[np.ndarray, np.nd
         return _check_arrays(f["images"], f["labels"], dataset, str(path))
 
 
-def load_split(source: str | Path, dataset: str = "cifar10", split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """Load one split (``'train'`` or ``'test'``) of ``dataset`` from a data folder."""
+class _BatchUnpickler(pickle.Unpickler):
+    """Rebuilds only what CIFAR batch files hold (dicts, lists, bytes, numpy arrays); any other
+    global, e.g. a callable smuggled into a foreign pickle, is refused."""
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not part of a CIFAR batch file")
+        return super().find_class(module, name)
+
+
+def _load_torchvision(folder: Path, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """torchvision's folders hold pickles (the dataset authors' format), read here only from the
+    user's own disk and with an unpickler that rebuilds nothing but arrays and containers."""
+    spec = _TORCHVISION[dataset]
+    images, labels = [], []
+    for name in spec[split]:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{folder} has no {name} ({split} split of {spec['folder']}); re-extract the "
+                            f"archive (torchvision.datasets.{'CIFAR10' if dataset == 'cifar10' else 'CIFAR100'}"
+                            f"(root, download=True) writes it)")
+        try:
+            with open(path, "rb") as f:
+                batch = _BatchUnpickler(f, encoding="bytes").load()
+            batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+            data, y = np.asarray(batch["data"]), batch[spec["label_key"]]
+        except (pickle.UnpicklingError, EOFError, KeyError, AttributeError, TypeError, ValueError) as e:
+            raise DataError(f"{path} is not a {spec['folder']} batch file ({type(e).__name__}: {e}); "
+                            f"re-extract the archive from the CIFAR website or torchvision") from e
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"{path}: 'data' must be uint8 (N, 3072) (CHW-flattened 32×32 RGB), got {data.dtype} "
+                            f"{data.shape}; the file is not from {spec['folder']}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(y))
+    return _check_arrays(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), dataset, str(folder))
+
+
+def _decode_table(table, dataset: str, origin: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (PNG bytes in an HF ``Image`` struct column) and labels from an arrow table."""
+    from PIL import Image
+
+    stats = DATASET_STATS[dataset]
+    img_key, label_key = stats["image_key"], stats["label_key"]
+    names = table.column_names
+    if img_key not in names or label_key not in names:
+        other = next((d for d, s in DATASET_STATS.items() if d != dataset and s["label_key"] in names
+                      and s["label_key"] != label_key), None)
+        hint = (f"it looks like {other}: pass --dataset {other} (or a {dataset} model)" if other else
+                f"use a copy of {stats['hf_id']}")
+        raise DataError(f"{origin}: columns {names} lack {img_key!r} and {label_key!r} that {dataset} needs; {hint}")
+    col = table.column(img_key).combine_chunks()
+    if not hasattr(col, "field"):
+        raise DataError(f"{origin}: column {img_key!r} is {col.type}, expected an HF Image struct {{bytes, path}}")
+    blobs = col.field("bytes").to_pylist()
+    images = np.empty((len(blobs), 32, 32, 3), np.uint8)
+    for i, blob in enumerate(blobs):
+        if blob is None:
+            raise DataError(f"{origin}: image {i} has no embedded bytes (only a path); re-download the dataset "
+                            f"repo, whose parquet files embed the PNGs")
+        with Image.open(io.BytesIO(blob)) as im:
+            arr = np.asarray(im.convert("RGB"))
+        if arr.shape != (32, 32, 3):
+            raise DataError(f"{origin}: image {i} is {arr.shape[1]}×{arr.shape[0]}, expected 32×32; "
+                            f"is this a CIFAR dataset?")
+        images[i] = arr
+    return _check_arrays(images, table.column(label_key).to_numpy(), dataset, origin)
+
+
+def _load_parquet(folder: Path, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Hub layout (``plain_text/test-00000-of-00001.parquet``) or the converter's (``test/0000.parquet``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(p for p in folder.rglob("*.parquet")
+                   if p.name.startswith((f"{split}-", f"{split}.")) or p.parent.name == split)
+    if not files:
+        found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet"))[:6]
+        raise DataError(f"{folder} has no parquet file of the {split!r} split (looked for {split}-*.parquet and "
+                        f"{split}/*.parquet; found {found}); download the whole dataset repo")
+    if len({p.parent for p in files}) > 1:
+        raise DataError(f"{folder} holds {split} files of several configs ({sorted({str(p.parent) for p in files})});"
+                        f" pass the folder of one of them")
+    try:
+        table = pa.concat_tables([pq.read_table(p) for p in files])
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"cannot read the parquet files {[str(p) for p in files]} ({e}); the download is "
+                        f"incomplete or corrupted: download the dataset repo again") from e
+    return _decode_table(table, dataset, str(files[0].parent / f"{split}-*.parquet"))
+
+
+def _load_hub(repo_id: str, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Through ``datasets`` (imported here: training machines may not have it), from its cache or the Hub."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(f"loading the HF dataset {repo_id!r} needs the `datasets` package (pip install datasets); "
+                        f"or {_local_hint(dataset)}") from e
+    try:
+        ds = datasets.load_dataset(repo_id, split=split)
+    except Exception as e:  # no network, offline mode, unknown repo or split: all end in the same advice
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"could not load the {split!r} split of the HF dataset {repo_id!r} ({type(e).__name__}: "
+                        f"{reason}; there is no local folder of that name either). With no network (or "
+                        f"HF_HUB_OFFLINE=1), {_local_hint(dataset)}") from e
+    return _decode_table(ds.with_format("arrow")[:], dataset, f"{repo_id} ({split})")
+
+
+def _torchvision_dir(folder: Path, dataset: str) -> Path | None:
+    spec = _TORCHVISION[dataset]
+    for d in (folder, folder / spec["folder"]):  # the folder itself, renamed or not, or its parent
+        if d.is_dir() and (d.name == spec["folder"] or ((d / spec["meta"]).is_file() and
+                                                        (d / spec["test"][0]).is_file())):
+            return d
+    return None
+
+
+def _detect_local(folder: Path, dataset: str) -> tuple[str, Path]:
+    for d in (folder / dataset, folder):  # a subfolder named after the dataset wins (``../shared/data``)
+        if not d.is_dir():
+            continue
+        if (d / "train.npz").is_file() or (d / "test.npz").is_file():
+            return "npz", d
+        tv = _torchvision_dir(d, dataset)
+        if tv is not None:
+            return "torchvision", tv
+        other = next((o for o in _TORCHVISION if o != dataset and _torchvision_dir(d, o)), None)
+        if other:
+            raise DataError(f"{d} holds torchvision's {_TORCHVISION[other]['folder']} ({other}), not {dataset}'s "
+                            f"{_TORCHVISION[dataset]['folder']}; pass the {dataset} data or --dataset {other}")
+        if next(d.rglob("*.parquet"), None) is not None:
+            return "parquet", d
+    raise DataError(f"{folder} holds no {dataset} data that wnzoo recognises; {_local_hint(dataset)}")
+
+
+def detect_source(source: str | Path | None, dataset: str = "cifar10") -> tuple[str, str | Path]:
+    """``(kind, location)`` of a data source: ``'npz'``, ``'torchvision'`` or ``'parquet'`` with the
+    folder to read, or ``'hub'`` with the dataset id (``None`` means ``dataset``'s default id)."""
     if dataset not in DATASET_STATS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASET_STATS)}")
+    if source is None:
+        return "hub", DATASET_STATS[dataset]["hf_id"]
+    path = Path(source).expanduser()
+    if path.is_file():
+        raise DataError(f"data path {path} is a file; pass the folder that holds it")
+    if path.is_dir():
+        return _detect_local(path, dataset)
+    if _HUB_ID.match(str(source)):
+        return "hub", str(source)
+    raise DataError(f"data path {path} does not exist; {_local_hint(dataset)}, or an HF dataset id such as "
+                    f"{DATASET_STATS[dataset]['hf_id']}")
+
+
+_LOADERS = {"npz": _load_npz, "torchvision": _load_torchvision, "parquet": _load_parquet, "hub": _load_hub}
+
+
+def load_split(source: str | Path | None = None, dataset: str = "cifar10",
+               split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Load one split (``'train'`` or ``'test'``) of ``dataset`` from any source (see module docs);
+    ``None`` means the default HF dataset id."""
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; choose 'train' or 'test'")
-    folder = Path(source).expanduser()
-    if not folder.exists():
-        raise DataError(f"data path {folder} does not exist; pass --data with a folder holding train.npz/test.npz")
-    return _load_npz(folder, dataset, split)
+    kind, where = detect_source(source, dataset)
+    return _LOADERS[kind](where, dataset, split)
 
 
 def train_val_indices(n: int, val_size: int = 5000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,24 +1,44 @@
-"""Accuracy of a model on a test set (the reproduction table builds on this)."""
+"""Accuracy of a model on a test set, and the reproduction table that ``python eval/cifar.py`` prints.
+
+The table evaluates published variants (``wnzoo.hub.published()``) or local checkpoints on their
+dataset's official test split and puts each measured top-1 beside the model card's, the paper's
+(Table 1, kept here as data) and the BN twin's card. Models are evaluated fused
+(:func:`wnzoo.fuse`), channels_last, from uint8 data held on the device, in large batches under
+``torch.inference_mode``: the fast path, with the same predictions as the plain model.
+"""
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from .data import DeviceData
+from ._constants import TAG_DATASET
+from .data import DataError, DeviceData, load_split
 
-__all__ = ["predict", "evaluate"]
+__all__ = ["predict", "evaluate", "PaperRow", "PAPER_TABLE1", "paper_row", "bn_twin", "resolve_device",
+           "load_test_data", "inference_model", "reproduction_table", "card_mismatches",
+           "format_table", "format_paper_table", "CARD_TOLERANCE", "TEST_SPLIT_SIZE"]
+
+# A published checkpoint must reproduce its card's top-1 to within this many points, on the whole
+# official test split (10,000 images for CIFAR-10 and CIFAR-100); a subset is not held to the card.
+CARD_TOLERANCE = 0.05
+TEST_SPLIT_SIZE = 10_000
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, data: DeviceData, batch_size: int = 500, progress: bool = False,
-            autocast: bool = False) -> torch.Tensor:
+            autocast: bool = False, desc: str = "eval") -> torch.Tensor:
     """Logits (float32, on the data's device) for every image of ``data``, in order."""
     model.eval()
     out = []
     batches = data.batches(0, batch_size, train=False)
     if progress:
         from tqdm.auto import tqdm
-        batches = tqdm(batches, total=data.num_batches(batch_size, False), desc="eval", unit="batch")
+        batches = tqdm(batches, total=data.num_batches(batch_size, False), desc=desc, unit="batch", leave=False)
     dev_type = data.labels.device.type
     for x, _ in batches:
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=autocast and dev_type == "cuda"):
@@ -34,3 +54,239 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 500, **kwargs
     return dict(top1=100.0 * (top5[:, 0] == y).float().mean().item(),
                 top5=100.0 * (top5 == y[:, None]).any(1).float().mean().item(),
                 loss=nn.functional.cross_entropy(logits, y).item(), n=len(y))
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of the paper's Table 1 (test error %, mean ± std over seeds where given) and the zoo
+    variant whose recipe it corresponds to (``None``: no zoo checkpoint follows that method)."""
+
+    dataset: str
+    architecture: str
+    method: str
+    error: float
+    std: float | None
+    variant: str | None
+
+    @property
+    def top1(self) -> float:
+        return round(100.0 - self.error, 2)
+
+
+# docs/paper.md §4.1, verbatim. Zoo WN checkpoints follow "proposed init + warmup" (+ cutout where
+# the paper used it), BN twins the BN rows; note the paper's ResNet-56/110 BN numbers are quoted from
+# He et al. (post-activation, option-A shortcuts), a slightly different network from our twin.
+PAPER_TABLE1: tuple[PaperRow, ...] = (
+    PaperRow("cifar10", "ResNet-56", "WN w/ datadep init", 9.19, 0.24, None),
+    PaperRow("cifar10", "ResNet-56", "WN w/ proposed init", 7.87, 0.14, None),
+    PaperRow("cifar10", "ResNet-56", "WN w/ proposed init + warmup", 7.20, 0.12, "wn_resnet56.c10"),
+    PaperRow("cifar10", "ResNet-56", "BN (He et al.)", 6.97, None, "bn_resnet56.c10"),
+    PaperRow("cifar10", "ResNet-110", "WN w/ datadep init", 9.33, 0.10, None),
+    PaperRow("cifar10", "ResNet-110", "WN w/ proposed init", 7.71, 0.14, None),
+    PaperRow("cifar10", "ResNet-110", "WN w/ proposed init + warmup", 6.69, 0.11, "wn_resnet110.c10"),
+    PaperRow("cifar10", "ResNet-110", "WN (Shang et al.)", 7.46, None, None),
+    PaperRow("cifar10", "ResNet-110", "BN (He et al.)", 6.61, 0.16, "bn_resnet110.c10"),
+    PaperRow("cifar10", "WRN-40-10", "WN w/ datadep init + cutout", 6.10, 0.23, None),
+    PaperRow("cifar10", "WRN-40-10", "WN w/ proposed init + cutout", 4.74, 0.14, None),
+    PaperRow("cifar10", "WRN-40-10", "WN w/ proposed init + cutout + warmup", 4.75, 0.08, "wn_wrn40_10.c10"),
+    PaperRow("cifar10", "WRN-40-10", "BN w/ orthogonal init + cutout", 3.53, 0.38, "bn_wrn40_10.c10"),
+    PaperRow("cifar100", "ResNet-164", "WN w/ datadep init + cutout", 30.26, 0.51, None),
+    PaperRow("cifar100", "ResNet-164", "WN w/ proposed init + cutout", 27.30, 0.49, None),
+    PaperRow("cifar100", "ResNet-164", "WN w/ proposed init + cutout + warmup", 25.31, 0.26, "wn_resnet164.c100"),
+    PaperRow("cifar100", "ResNet-164", "BN w/ orthogonal init + cutout", 25.52, 0.17, "bn_resnet164.c100"),
+)
+
+
+def paper_row(variant: str) -> PaperRow | None:
+    """The Table 1 row a zoo variant (``arch.tag``) reproduces, if the paper has one."""
+    return next((r for r in PAPER_TABLE1 if r.variant == variant), None)
+
+
+def bn_twin(variant: str) -> str | None:
+    """``wn_resnet56.c10`` → ``bn_resnet56.c10``; ``None`` for BN models (they are the twins)."""
+    return "bn_" + variant[3:] if variant.startswith("wn_") else None
+
+
+def resolve_device(device: torch.device | str | None = None) -> torch.device:
+    """``device``, checked to exist here; ``None`` picks cuda when available, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r} ({e}); use e.g. cpu, cuda or cuda:1") from e
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
+                         f"use --device cpu")
+    return dev
+
+
+def load_test_data(source: str | Path | None, dataset: str, device: torch.device | str = "cpu",
+                   channels_last: bool = True) -> DeviceData:
+    """The official test split of ``dataset`` from any source :func:`wnzoo.data.load_split` accepts."""
+    images, labels = load_split(source, dataset, "test")
+    return DeviceData.from_arrays(images, labels, dataset, device, channels_last=channels_last)
+
+
+def inference_model(model: nn.Module, device: torch.device | str = "cpu", channels_last: bool = True,
+                    compile: bool = False) -> nn.Module:
+    """The fast, prediction-identical form of ``model``: fused, on ``device``, channels_last, optionally compiled."""
+    from .layers import fuse
+
+    fused = fuse(model).to(device)
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    return torch.compile(fused) if compile else fused
+
+
+def _build(name: str, checkpoint: str | Path | None) -> tuple[nn.Module, str, bool]:
+    """Model with weights, its ``arch.tag`` and whether the weights are the published ones."""
+    from . import create_model
+    from .hub import published, sha256_file
+
+    if checkpoint is None:  # the hub verifies the pinned sha256, so these are the published weights
+        model = create_model(name, pretrained=True)
+    else:
+        model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)))
+    cfg = model.pretrained_cfg
+    variant = f"{cfg['architecture']}.{cfg['tag']}"
+    rec = published().get(variant)
+    is_published = rec is not None and (checkpoint is None or sha256_file(_weights_path(checkpoint)) == rec["sha256"])
+    return model, variant, is_published
+
+
+def _weights_path(checkpoint: str | Path) -> Path:
+    from .hub import WEIGHTS_FILE
+
+    path = Path(checkpoint)
+    return path / WEIGHTS_FILE if path.is_dir() else path
+
+
+def _card_top1(variant: str | None) -> float | None:
+    from .hub import published
+
+    rec = published().get(variant) if variant else None
+    return rec["metrics"]["top1"] if rec else None
+
+
+def _row(model: nn.Module, variant: str, is_published: bool, checkpoint: str | Path | None, data: DeviceData,
+         batch_size: int, compile: bool, progress: bool) -> dict:
+    device = data.labels.device
+    fast = inference_model(model, device, channels_last=data.channels_last, compile=compile)
+    if compile:  # compile on a warm-up batch, so images/s measures the compiled model, not the compiler
+        with torch.inference_mode():
+            fast(next(data.batches(0, batch_size, train=False))[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    res = evaluate(fast, data, batch_size, progress=progress, desc=variant)
+    seconds = time.perf_counter() - start
+    card, paper = _card_top1(variant), paper_row(variant)
+    return dict(model=variant, weights=str(checkpoint) if checkpoint else "published", published=is_published,
+                params=sum(p.numel() for p in model.parameters()), dataset=_dataset(variant), n=res["n"],
+                full_test_split=res["n"] == TEST_SPLIT_SIZE, top1=round(res["top1"], 2),
+                top5=round(res["top5"], 2), loss=round(res["loss"], 4), card_top1=card,
+                paper_top1=paper.top1 if paper else None, bn_twin_top1=_card_top1(bn_twin(variant)),
+                delta_card=round(res["top1"] - card, 2) if card is not None else None,
+                images_per_s=round(res["n"] / seconds, 1), device=str(device))
+
+
+def _dataset(variant: str) -> str:
+    from .hub import published
+
+    rec = published().get(variant)
+    return rec["dataset"] if rec else TAG_DATASET[variant.split(".", 1)[1]]
+
+
+def reproduction_table(models: list[str] | None = None, checkpoint: str | Path | None = None,
+                       data: str | Path | None = None, device: torch.device | str | None = None,
+                       batch_size: int = 1000, compile: bool = False, progress: bool = False) -> list[dict]:
+    """Evaluate ``models`` (default: every published variant) on their datasets' test splits.
+
+    ``checkpoint`` evaluates a local safetensors file as the one architecture in ``models``.
+    ``data`` is any source :func:`wnzoo.data.load_split` accepts (a folder holding ``cifar10/`` and
+    ``cifar100/`` serves both); ``None`` means each dataset's HF id. Each test split is loaded once.
+    Returns one dict per model (the columns of :func:`format_table`); a model whose weights or data
+    cannot be had gets ``{'model', 'error'}`` instead, so one missing dataset or download does not
+    hide the rest of the table. Unknown names and devices raise ``ValueError``.
+    """
+    from .hub import WeightsError, published
+
+    if checkpoint is not None and (not models or len(models) != 1):
+        raise ValueError("a checkpoint needs exactly one architecture to load it into, e.g. "
+                         "--checkpoint model.safetensors --model wn_resnet20")
+    device = resolve_device(device)
+    loaded: dict[str, DeviceData | DataError] = {}
+    rows = []
+    for name in models or sorted(published()):
+        try:
+            model, variant, is_published = _build(name, checkpoint)
+        except WeightsError as e:
+            rows.append(dict(model=name, error=str(e)))
+            continue
+        dataset = _dataset(variant)
+        if dataset not in loaded:
+            try:
+                loaded[dataset] = load_test_data(data, dataset, device)
+            except DataError as e:
+                loaded[dataset] = e
+        if isinstance(loaded[dataset], DataError):
+            rows.append(dict(model=variant, error=str(loaded[dataset])))
+            continue
+        rows.append(_row(model, variant, is_published, checkpoint, loaded[dataset], batch_size, compile, progress))
+    return rows
+
+
+def card_mismatches(rows: list[dict], tolerance: float = CARD_TOLERANCE) -> list[dict]:
+    """Rows of published weights, measured on the whole test split, whose top-1 is off their card by
+    more than ``tolerance`` points."""
+    return [r for r in rows if "error" not in r and r["published"] and r["full_test_split"] and r["card_top1"] is not None
+            and abs(r["top1"] - r["card_top1"]) > tolerance + 1e-9]
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _render(header: list[str], body: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def format_table(rows: list[dict]) -> str:
+    """The reproduction table: top-5 only for CIFAR-100 rows, '—' where there is nothing to compare."""
+    header = ["model", "params", "dataset", "top-1", "top-5", "card", "paper", "BN twin", "Δ card", "img/s"]
+    body, notes = [], []
+    for r in rows:
+        if "error" in r:
+            body.append([r["model"], "—", "—", "error"] + ["—"] * 6)
+            continue
+        mark = "" if r["weights"] == "published" else " *"
+        if mark:
+            notes.append(f"* weights from {r['weights']}")
+        body.append([r["model"] + mark, f"{r['params'] / 1e6:.2f}M", r["dataset"], _fmt(r["top1"]),
+                     _fmt(r["top5"] if r["dataset"] == "cifar100" else None), _fmt(r["card_top1"]),
+                     _fmt(r["paper_top1"]), _fmt(r["bn_twin_top1"]), _fmt(r["delta_card"], "+.2f"),
+                     _fmt(r["images_per_s"], ".0f")])
+    return "\n".join([_render(header, body, right=set(range(3, 10)))] + notes)
+
+
+def format_paper_table(rows: Sequence[dict] = ()) -> str:
+    """The paper's Table 1 (test error %) with our measured error beside each row we have a checkpoint for."""
+    measured = {}
+    for r in rows:
+        if "error" not in r:
+            measured.setdefault(r["model"], r)
+    header = ["dataset", "architecture", "method", "paper error %", "our error %", "zoo model"]
+    body = []
+    for p in PAPER_TABLE1:
+        ours = measured.get(p.variant)
+        paper = f"{p.error:.2f}" + (f" ± {p.std:.2f}" if p.std is not None else "")
+        body.append([p.dataset, p.architecture, p.method, paper, _fmt(100.0 - ours["top1"] if ours else None),
+                     p.variant or "—"])
+    return _render(header, body, right={3, 4})
+

@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Reproduce the zoo's accuracy table: python eval/cifar.py [--model NAME ...] [--data SOURCE] [--paper]
+
+Online:   python eval/cifar.py                    (published variants, data from the HF Hub)
+Offline:  python eval/cifar.py --data ../shared/data/cifar10
+          (any local folder: a copy of uoft-cs/cifar10, torchvision's cifar-10-batches-py, train/test.npz,
+          or a folder holding cifar10/ and cifar100/ subfolders of those)
+Your own: python eval/cifar.py --checkpoint runs/X/model.safetensors --model wn_resnet20
+
+Exit status: 0 ok, 1 a published checkpoint is off its card by more than 0.05 points, 2 bad input or a
+model that could not be evaluated (its weights or data missing; the other rows are still printed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from wnzoo.evaluation import (CARD_TOLERANCE, card_mismatches, format_paper_table, format_table,
+                              reproduction_table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[2:]))
+    ap.add_argument("--model", nargs="+", metavar="NAME", help="variants (arch.tag or arch) to evaluate; "
+                    "default: every published one")
+    ap.add_argument("--checkpoint", metavar="FILE", help="evaluate this local safetensors file (needs one --model ARCH)")
+    ap.add_argument("--data", metavar="SOURCE", help="HF dataset id or local folder (default: the dataset's HF id, "
+                    "e.g. uoft-cs/cifar10; offline: --data ../shared/data/cifar10)")
+    ap.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the fused model")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    ap.add_argument("--paper", action="store_true", help="also print the paper's Table 1 beside our numbers")
+    args = ap.parse_args(argv)
+    if args.batch_size < 1:
+        ap.error("--batch-size must be positive")
+    try:
+        rows = reproduction_table(args.model, args.checkpoint, args.data, args.device, args.batch_size,
+                                  args.compile, progress=True)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if rows:
+        print(format_table(rows))
+    else:
+        print("no published variants yet (wnzoo/published.json lists none); evaluate a local file with "
+              "--checkpoint FILE --model ARCH", file=sys.stderr)
+    if args.paper:
+        print("\nPaper Table 1 (test error %) and ours:\n" + format_paper_table(rows))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    failed = [r for r in rows if "error" in r]
+    for r in failed:
+        print(f"error: {r['model']}: {r['error']}", file=sys.stderr)
+    for r in rows:
+        if "error" not in r and r["published"] and not r["full_test_split"]:
+            print(f"note: {r['model']} was measured on {r['n']} images, not the whole test split; "
+                  f"not compared with its card", file=sys.stderr)
+    bad = card_mismatches(rows)
+    for r in bad:
+        print(f"error: {r['model']} measures {r['top1']:.2f} % top-1, its card says {r['card_top1']:.2f} % "
+              f"(tolerance {CARD_TOLERANCE}); the weights or the evaluation changed", file=sys.stderr)
+    return 1 if bad else 2 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
