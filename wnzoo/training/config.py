@@ -32,6 +32,8 @@ class TrainConfig:
     dataset: str = "cifar10"
     data: str = "../shared/data/cifar10"
     val_split: bool = False            # train on 45k, evaluate on the held-out 5k
+    subset: int = 0                    # train on the first N images only (smoke tests); 0 = all
+    eval_subset: int = 0               # evaluate on the first N images only; 0 = all
     epochs: int = 182
     batch_size: int = 128
     lr: float = 0.1
@@ -67,7 +69,7 @@ class TrainConfig:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)!r}")
         for key in ("momentum", "weight_decay", "warmup_epochs", "warmup_lr", "label_smoothing", "grad_clip",
-                    "ema_decay", "cutout"):
+                    "ema_decay", "cutout", "subset", "eval_subset"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)!r}")
         if self.warmup_epochs > self.epochs:
@@ -109,6 +111,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
     elif isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         value = float(value)

@@ -63,14 +63,17 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 
 def _load_data(cfg: TrainConfig, device: torch.device) -> tuple[DeviceData, DeviceData, str]:
     images, labels = load_split(cfg.data, cfg.dataset, "train")
-    kw = dict(seed=cfg.seed, channels_last=cfg.channels_last)
     if cfg.val_split:
         tr, va = train_val_indices(len(labels))
-        train_data = DeviceData.from_arrays(images[tr], labels[tr], cfg.dataset, device, cutout=cfg.cutout, **kw)
-        return train_data, DeviceData.from_arrays(images[va], labels[va], cfg.dataset, device, **kw), "val"
-    test_images, test_labels = load_split(cfg.data, cfg.dataset, "test")
-    train_data = DeviceData.from_arrays(images, labels, cfg.dataset, device, cutout=cfg.cutout, **kw)
-    return train_data, DeviceData.from_arrays(test_images, test_labels, cfg.dataset, device, **kw), "test"
+        (images, labels), (ev_images, ev_labels), split = (images[tr], labels[tr]), (images[va], labels[va]), "val"
+    else:
+        (ev_images, ev_labels), split = load_split(cfg.data, cfg.dataset, "test"), "test"
+    n, m = cfg.subset or len(labels), cfg.eval_subset or len(ev_labels)
+    if n < cfg.batch_size:
+        raise ConfigError(f"subset={n} is smaller than batch_size={cfg.batch_size}")
+    kw = dict(seed=cfg.seed, channels_last=cfg.channels_last)
+    train_data = DeviceData.from_arrays(images[:n], labels[:n], cfg.dataset, device, cutout=cfg.cutout, **kw)
+    return train_data, DeviceData.from_arrays(ev_images[:m], ev_labels[:m], cfg.dataset, device, **kw), split
 
 
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
@@ -82,9 +85,12 @@ def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
                           f"or start a new --out folder")
 
 
-def _plot(history: list[dict], out: Path) -> None:
-    from .plots import plot_curves
-    plot_curves(history, out / "curves.png")
+def _plot(history: list[dict], out: Path, title: str) -> None:
+    try:
+        from .plots import plot_curves
+        plot_curves(history, out / "curves.png", title)
+    except ImportError as e:  # e.g. a bare GPU machine without matplotlib: metrics.jsonl has everything
+        print(f"warning: no curves.png ({e}); plot later with wnzoo.training.plots.plot_curves", flush=True)
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
@@ -225,7 +231,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         summary["test_acc"] = history[-1]["test_acc"]
     if main:
         write_json(out / "summary.json", summary)
-        _plot(history, out)
+        _plot(history, out, f"{cfg.model} on {cfg.dataset}")
         if writer is not None:
             writer.close()
     return summary
@@ -238,8 +244,10 @@ def _check_finite(pending: list[torch.Tensor], epoch: int, first_step: int, sche
     if bad.any():
         step = first_step + int(bad.nonzero()[0, 0])
         lr = sched_fn.lr_at(epoch * steps_per_epoch + step)
+        kept = (f"the last good checkpoint (epoch {epoch}) is kept in {out}" if epoch
+                else "no epoch had finished, so there is no checkpoint")
         msg = (f"training diverged: loss is {losses[bad][0].item()} at epoch {epoch + 1}, step {step + 1} "
-               f"(lr {lr:.4g}). The last good checkpoint (epoch {epoch}) is kept in {out}; lower lr or add warmup")
+               f"(lr {lr:.4g}); {kept}. Lower lr, or add warmup (warmup_epochs)")
         summary.update(survived=False, status="diverged", diverged_at=dict(epoch=epoch + 1, step=step + 1, lr=lr))
         if main:
             write_json(out / "summary.json", summary)

@@ -24,13 +24,13 @@ class LRSchedule:
     gamma: float = 0.1
 
     def base_lr_at_epoch(self, epoch: float) -> float:
-        """The post-warmup schedule. Step decays at the start of epoch ``floor(m·epochs + 0.5)``
-        (0-based; He et al.'s 91 and 136 of 182 for m = 0.5, 0.75); cosine is continuous in
-        (fractional) epochs after warmup."""
+        """The post-warmup schedule. Step decays at the start of epoch ``max(1, floor(m·epochs))``
+        (0-based: He et al.'s 91 and 136 of 182 for m = 0.5, 0.75; the WRN paper's 60/120/160 of 200
+        for 0.3/0.6/0.8); cosine is continuous in (fractional) epochs after warmup."""
         if self.kind == "constant":
             return self.lr
         if self.kind == "step":
-            drops = sum(int(epoch) >= int(m * self.epochs + 0.5) for m in self.milestones)
+            drops = sum(int(epoch) >= max(1, int(m * self.epochs)) for m in self.milestones)
             return self.lr * self.gamma ** drops
         if self.kind == "cosine":
             span = max(self.epochs - self.warmup_epochs, 1e-12)

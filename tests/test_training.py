@@ -1,0 +1,247 @@
+"""Training: schedules, config validation, exact resume (also after SIGKILL), divergence, DDP, outputs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wnzoo.data import DeviceData
+from wnzoo.training import ConfigError, LRSchedule, TrainingDiverged, load_config, train
+from wnzoo.training.config import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A CIFAR-shaped npz folder: 640 train / 200 test images with a learnable class signal."""
+    d = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 640), ("test", 200)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+        images[:, :4, :4, :] = (labels * 25)[:, None, None, None].astype(np.uint8)  # the class is in a corner
+        np.savez(d / f"{split}.npz", images=images, labels=labels)
+    return d
+
+
+def _cfg(data: Path, **kw) -> TrainConfig:
+    base = dict(model="wn_resnet20", data=str(data), epochs=2, batch_size=64, lr=0.05, warmup_epochs=1,
+                schedule="cosine", log_every=5, channels_last=False)
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model.safetensors")
+
+
+# ---- schedules -----------------------------------------------------------------------------------
+
+def test_quadratic_warmup_matches_the_authors_formula():
+    s = LRSchedule(lr=0.1, epochs=10, steps_per_epoch=10, warmup_epochs=2, warmup_lr=0.0, kind="step",
+                   milestones=(0.5, 0.75))
+    # alpha_j = (e + (j + 1)/nb) / E (off = 1 since warmup_lr = 0); lr = alpha^2 * lr
+    assert s.lr_at(0) == pytest.approx(0.1 * 0.05 ** 2)
+    assert s.lr_at(9) == pytest.approx(0.1 * 0.5 ** 2)
+    assert s.lr_at(14) == pytest.approx(0.1 * 0.75 ** 2)
+    assert s.lr_at(19) == pytest.approx(0.1)       # reaches lr exactly at the last warmup step
+    assert s.lr_at(20) == pytest.approx(0.1)
+    w = LRSchedule(lr=0.1, epochs=10, steps_per_epoch=10, warmup_epochs=2, warmup_lr=0.01, kind="step")
+    assert w.lr_at(0) == pytest.approx(0.01)       # off = 0: starts at warmup_lr
+    assert w.lr_at(10) == pytest.approx(0.01 + 0.25 * 0.09)
+    lin = LRSchedule(lr=0.1, epochs=10, steps_per_epoch=10, warmup_epochs=2, warmup_shape="linear", kind="step")
+    assert lin.lr_at(9) == pytest.approx(0.05)
+    frac = LRSchedule(lr=0.1, epochs=10, steps_per_epoch=10, warmup_epochs=1.5, kind="step")
+    assert max(frac.lr_at(i) for i in range(30)) == pytest.approx(0.1)  # no overshoot for fractional E
+
+
+def test_step_and_cosine_schedules():
+    he = LRSchedule(lr=0.1, epochs=182, steps_per_epoch=391, kind="step", milestones=(0.5, 0.75), gamma=0.1)
+    assert he.lr_at(90 * 391 + 390) == pytest.approx(0.1)
+    assert he.lr_at(91 * 391) == pytest.approx(0.01)     # He et al.: epoch 91 ...
+    assert he.lr_at(136 * 391) == pytest.approx(0.001)   # ... and 136 of 182
+    wrn = LRSchedule(lr=0.1, epochs=200, steps_per_epoch=10, kind="step", milestones=(0.3, 0.6, 0.8), gamma=0.2)
+    assert [wrn.lr_at(e * 10) for e in (59, 60, 120, 160)] == pytest.approx([0.1, 0.02, 0.004, 0.0008])
+    cos = LRSchedule(lr=0.2, epochs=12, steps_per_epoch=10, warmup_epochs=2, kind="cosine")
+    assert cos.lr_at(20) == pytest.approx(0.2)
+    assert cos.lr_at(70) == pytest.approx(0.1)           # halfway through the post-warmup part
+    assert cos.lr_at(119) == pytest.approx(0.2 * 0.5 * (1 + np.cos(np.pi * 9.9 / 10)))
+
+
+def test_lambdalr_follows_the_closed_form():
+    s = LRSchedule(lr=0.1, epochs=4, steps_per_epoch=5, warmup_epochs=1, kind="step", milestones=(0.5,))
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, s)
+    seen = []
+    for _ in range(20):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([s.lr_at(i) for i in range(20)])
+
+
+# ---- config ----------------------------------------------------------------------------------------
+
+def test_config_validation_messages(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['lrr'\]; valid keys: .*'lr'"):
+        load_config(None, ["lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"schedule='poly' is not valid; choose one of \['step', 'cosine', 'constant'\]"):
+        load_config(None, ["schedule=poly"])
+    with pytest.raises(ConfigError, match="lr must be a number"):
+        load_config(None, ["lr=fast"])
+    with pytest.raises(ConfigError, match="epochs must be an integer"):
+        load_config(None, ["epochs=1.5"])
+    with pytest.raises(ConfigError, match="did you mean"):
+        load_config(None, ["model=wn_resnet21"])
+    with pytest.raises(ConfigError, match="init='orthogonal' does not apply to wn_resnet20"):
+        load_config(None, ["init=orthogonal"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="expects key=value"):
+        load_config(None, ["lr"])
+    cfg = load_config(REPO / "configs" / "wn_resnet20_c10_short.yaml", ["lr=0.05", "nesterov=false"])
+    assert cfg.lr == 0.05 and cfg.nesterov is False and cfg.epochs == 15
+
+
+def test_every_recipe_is_valid():
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(configs) >= 17
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.model in path.stem, path.name
+
+
+# ---- data pipeline determinism -------------------------------------------------------------------------
+
+def test_device_data_is_deterministic_and_shards_partition_the_global_batch():
+    rng = np.random.default_rng(1)
+    d = DeviceData.from_arrays(rng.integers(0, 256, (100, 32, 32, 3)).astype(np.uint8), rng.integers(0, 10, 100),
+                               "cifar10", seed=3, cutout=8)
+    a = [x for x, _ in d.batches(0, 20, train=True)]
+    b = [x for x, _ in d.batches(0, 20, train=True)]
+    c = [x for x, _ in d.batches(1, 20, train=True)]
+    assert all(torch.equal(u, v) for u, v in zip(a, b)) and not torch.equal(a[0], c[0])
+    shards = [list(d.batches(0, 20, train=True, shard=(r, 2))) for r in (0, 1)]
+    for i, (x, y) in enumerate(d.batches(0, 20, train=True)):
+        assert torch.equal(torch.stack([shards[0][i][0], shards[1][i][0]], 1).flatten(0, 1), x)
+    assert (a[0] == 0).any()  # cutout zeroed some normalized pixels
+
+
+# ---- runs ----------------------------------------------------------------------------------------
+
+def test_run_folder_contents(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    summary = train(_cfg(tiny_data, ema_decay=0.9, label_smoothing=0.1, grad_clip=5.0, cutout=8), run,
+                    progress=False)
+    assert summary["status"] == "finished" and summary["survived"] is True
+    for f in ("model.safetensors", "model_ema.safetensors", "state.pt", "config.yaml", "metrics.jsonl",
+              "summary.json", "curves.png"):
+        assert (run / f).is_file(), f
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "train_acc", "test_acc", "test_acc_ema", "lr", "img_per_s"} <= set(rows[0])
+    assert json.loads((run / "summary.json").read_text())["test_acc"] == rows[-1]["test_acc"]
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train(_cfg(tiny_data), run, progress=False)
+
+
+def test_val_split_and_datadep(tiny_data, tmp_path, monkeypatch):
+    import wnzoo.training.loop as loop
+    monkeypatch.setattr(loop, "train_val_indices", lambda n: (np.arange(100, n), np.arange(100)))
+    summary = train(_cfg(tiny_data, epochs=1, init="datadep", val_split=True), tmp_path / "r", progress=False)
+    assert summary["eval_split"] == "val" and "test_acc" not in summary
+    assert "val_acc" in summary["final"]
+
+
+def test_resume_is_bit_exact(tiny_data, tmp_path):
+    torch.set_num_threads(1)
+    cfg = _cfg(tiny_data)
+    train(cfg, tmp_path / "straight", progress=False)
+    paused = train(cfg, tmp_path / "split", progress=False, time_limit_s=1e-9)
+    assert paused["status"] == "paused" and paused["epochs_done"] == 1
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="different recipe.*lr"):
+        train(_cfg(tiny_data, lr=0.2), tmp_path / "split", resume=True, progress=False)
+
+
+def _cli(*args, env=ENV, **kw):
+    return subprocess.run([sys.executable, str(REPO / "train" / "train.py"), *args], env=env, capture_output=True,
+                          text=True, **kw)
+
+
+def test_sigkill_then_resume_finishes_exactly(tiny_data, tmp_path):
+    torch.set_num_threads(1)
+    sets = ["--set", f"data={tiny_data}", "epochs=3", "batch_size=32", "lr=0.05", "warmup_epochs=1",
+            "schedule=cosine", "log_every=5", "channels_last=false"]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train" / "train.py"), *sets, "--out", str(run)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # well inside epoch 2 (20 steps of ~0.1-0.3 s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "summary.json").exists()
+    done = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["epoch"]
+    assert done < 3, "the run finished before it was killed: the test needs slower epochs"
+    r = _cli(*sets, "--out", str(run), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    ref = tmp_path / "ref"
+    assert _cli(*sets, "--out", str(ref)).returncode == 0
+    a, b = _weights(run), _weights(ref)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_stops_with_message_and_keeps_checkpoint(tiny_data, tmp_path):
+    # lr is fine in epoch 1 and absurd (x1e6) from epoch 2 on
+    cfg = _cfg(tiny_data, epochs=2, warmup_epochs=0, schedule="step", milestones=[0.5], gamma=1e6)
+    run = tmp_path / "div"
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at epoch 2, step \d+ \(lr 5e\+04\).*epoch 1\) is kept"):
+        train(cfg, run, progress=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["survived"] is False and summary["diverged_at"]["epoch"] == 2
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert all(torch.isfinite(t).all() for t in _weights(run).values())
+    r = _cli("--set", f"data={tiny_data}", "lr=1e5", "epochs=1", "batch_size=64", "--out", str(tmp_path / "d2"))
+    assert r.returncode == 3 and "training diverged" in r.stderr and "no checkpoint" in r.stderr
+
+
+def test_cli_bad_input_is_a_message_not_a_traceback(tmp_path):
+    r = _cli("--set", "optimizer=adam")
+    assert r.returncode == 2 and "unknown config key(s) ['optimizer']" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("--set", f"data={tmp_path}", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "holds no cifar10 data" in r.stderr and "train.npz" in r.stderr
+    r = _cli("--out", str(tmp_path / "none"), "--resume")
+    assert r.returncode == 2 and "nothing to resume" in r.stderr
+
+
+def test_torchrun_gloo_matches_single_process(tiny_data, tmp_path):
+    sets = ["--set", f"data={tiny_data}", "epochs=1", "batch_size=64", "lr=0.05", "log_every=5",
+            "channels_last=false", "device=cpu"]
+    single = _cli(*sets, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(REPO / "train" / "train.py"), *sets, "--out", str(tmp_path / "two")], env=ENV,
+                         capture_output=True, text=True)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
