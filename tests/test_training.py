@@ -243,5 +243,10 @@ def test_torchrun_gloo_matches_single_process(tiny_data, tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    for k in a:
-        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+    # Equal up to float summation order (DDP all-reduces per-rank gradients), which 10 SGD steps
+    # amplify to ~1e-4 relative; a different batch order (seed) moves the weights far more.
+    other = _cli(*sets, "seed=1", "--out", str(tmp_path / "seed1"))
+    assert other.returncode == 0, other.stderr
+    c = _weights(tmp_path / "seed1")
+    rel = lambda x, y: max(((x[k] - y[k]).norm() / x[k].norm()).item() for k in x if x[k].norm() > 0)
+    assert rel(a, b) < 2e-3 < 10 * 2e-3 < rel(a, c), (rel(a, b), rel(a, c))

@@ -15,7 +15,8 @@ from wnzoo.training import ConfigError, TrainingDiverged, load_config, train
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-c", "--config", help="recipe YAML (configs/*.yaml)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    ap.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
+                    help="override config keys (repeatable; later values win)")
     ap.add_argument("--out", help="run folder (default runs/<config name>)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     ap.add_argument("--time-limit", type=float, default=None, metavar="MIN",
