@@ -73,7 +73,8 @@ def _hub_or_release(rec: dict, name: str) -> str:
 
 
 def _recipe_lines(cfg: dict[str, Any], device: str) -> list[str]:
-    wd_where = "every parameter" if cfg.get("wd_on_gains_biases_bn") else "conv directions and the classifier only"
+    wd_where = ("every parameter" if cfg.get("wd_on_gains_biases_bn") else
+                "conv and classifier weights only (not WN gains, biases or BN parameters)")
     warm = (f"{cfg['warmup_epochs']:g} epochs, {cfg['warmup_shape']} from lr {cfg['warmup_lr']:g}"
             if cfg.get("warmup_epochs") else "none")
     sched = cfg["schedule"] + (f" (×{cfg['gamma']:g} at {', '.join(f'{m:g}' for m in cfg['milestones'])} of the run)"
@@ -172,7 +173,8 @@ def variant_card(rec: dict, *, train_cfg: dict[str, Any], summary: dict[str, Any
     lines += [
         "## Training", "",
         f"Data: the {ds_name} training split (`{stats['hf_id']}`), "
-        + ("45,000 images (5,000 held out for validation)" if train_cfg.get("val_split") else "all 50,000 images")
+        + (f"its first {train_cfg['subset']:,} images" if train_cfg.get("subset") else
+           "45,000 images (5,000 held out for validation)" if train_cfg.get("val_split") else "all 50,000 images")
         + ", normalized with the mean and std above. Recipe:", "",
         *_recipe_lines(train_cfg, summary.get("device", "")), "",
     ]

@@ -55,7 +55,7 @@ RELEASE_MAX_BYTES = 10_000_000        # per weight file kept in the repository (
 RELEASE_TOTAL_MAX_BYTES = 48 << 20    # all release copies together
 LOG_TOLERANCE = 1.0                   # points of top-1 between the training log and the publish-time measurement
 # Run-config keys that do not change the trained weights' recipe (where the data is, how it is logged).
-_NOT_RECIPE = ("data", "device", "compile", "log_every", "eval_every", "notes")
+_NOT_RECIPE = ("data", "device", "compile", "log_every", "eval_every", "eval_subset", "notes")
 # A fixed identity and date make the local commit (and so the pinned revision) a function of the files only.
 _GIT_ENV = dict(GIT_AUTHOR_NAME="wnzoo", GIT_AUTHOR_EMAIL="wnzoo@users.noreply.huggingface.co",
                 GIT_COMMITTER_NAME="wnzoo", GIT_COMMITTER_EMAIL="wnzoo@users.noreply.huggingface.co",
@@ -397,6 +397,8 @@ def _pin_and_record(rec: dict[str, Any], name: str, stage: Path, push: bool, end
         rec["revision"] = local_revision(stage, commit_message(rec))
     release = stage.with_name(f".{name}.release")
     shutil.copytree(stage, release)
+    for p in release.iterdir():
+        p.chmod(0o644)  # atomic writes leave owner-only files; the release copy is for everyone
     if not keep_weights:
         _log.warning("%s is %.1f MB, over the %d MB kept in the repository: the release copy has no weights, so "
                      "a fresh clone loads them from the Hub only", WEIGHTS_FILE, rec["size"] / 1e6,
