@@ -270,8 +270,9 @@ def zoo_card(records: dict[str, dict]) -> str:
         "says so; each variant's card lists its full recipe.", "",
         "## Evaluation protocol", "",
         "Top-1 accuracy of the final checkpoint on the official test split, without test-time augmentation. The "
-        "test set is never used for model selection: recipes are fixed in `configs/`, hyperparameters were chosen "
-        "on a 45k/5k train/validation split as in the paper, and the published weights are the last epoch's.", "",
+        "test set is never used for model selection: recipes are fixed in `configs/` before training (each file says "
+        "how its values were chosen; `val_split: true` tunes on a 45k/5k train/validation split as the paper did), "
+        "and the published weights are the last epoch's, whatever the per-epoch test curve shows.", "",
         "## Limitations", "",
         "- Each variant recognizes the 10 or 100 CIFAR classes in 32×32 images only; robustness, calibration and "
         "fairness were not evaluated. CIFAR has label noise and carries the biases of its web images.",
