@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=["wn_resnet56", "wn_resnet110"])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N test images")
-    ap.add_argument("--batch-size", type=int, default=1000, help="our batch size (the baseline keeps 128)")
+    ap.add_argument("--batch-size", type=int, default=256, help="our batch size (the baseline keeps 128)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     if args.runs < 1 or (args.limit is not None and args.limit < 1):

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", metavar="SOURCE", help="HF dataset id or local folder (default: the dataset's HF id, "
                     "e.g. uoft-cs/cifar10; offline: --data ../shared/data/cifar10)")
     ap.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--compile", action="store_true", help="torch.compile the fused model")
     ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     ap.add_argument("--paper", action="store_true", help="also print the paper's Table 1 beside our numbers")

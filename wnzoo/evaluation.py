@@ -3,8 +3,9 @@
 The table evaluates published variants (``wnzoo.hub.published()``) or local checkpoints on their
 dataset's official test split and puts each measured top-1 beside the model card's, the paper's
 (Table 1, kept here as data) and the BN twin's card. Models are evaluated fused
-(:func:`wnzoo.fuse`), channels_last, from uint8 data held on the device, in large batches under
-``torch.inference_mode``: the fast path, with the same predictions as the plain model.
+(:func:`wnzoo.fuse`), channels_last, from uint8 data held on the device, in batches of 256 (the
+fastest size measured on 2 CPU cores; 1000 was 20 % slower) under ``torch.inference_mode``: the
+fast path, with the same predictions as the plain model.
 """
 from __future__ import annotations
 
@@ -187,7 +188,7 @@ def _row(model: nn.Module, variant: str, is_published: bool, checkpoint: str | P
                 full_test_split=res["n"] == TEST_SPLIT_SIZE, top1=round(res["top1"], 2),
                 top5=round(res["top5"], 2), loss=round(res["loss"], 4), card_top1=card,
                 paper_top1=paper.top1 if paper else None, bn_twin_top1=_card_top1(bn_twin(variant)),
-                delta_card=round(res["top1"] - card, 2) if card is not None else None,
+                delta_card=round(res["top1"] - card, 2) + 0.0 if card is not None else None,  # + 0.0: no "-0.00"
                 images_per_s=round(res["n"] / seconds, 1), device=str(device))
 
 
@@ -200,7 +201,7 @@ def _dataset(variant: str) -> str:
 
 def reproduction_table(models: list[str] | None = None, checkpoint: str | Path | None = None,
                        data: str | Path | None = None, device: torch.device | str | None = None,
-                       batch_size: int = 1000, compile: bool = False, progress: bool = False) -> list[dict]:
+                       batch_size: int = 256, compile: bool = False, progress: bool = False) -> list[dict]:
     """Evaluate ``models`` (default: every published variant) on their datasets' test splits.
 
     ``checkpoint`` evaluates a local safetensors file as the one architecture in ``models``.

@@ -147,9 +147,13 @@ def resolve_weights(name: str, cfg: dict, cache_dir: str | os.PathLike | None = 
     origin = f"Hub {repo_id}@{revision or 'main'}"
     errors = []
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
 
-        path = Path(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision, cache_dir=cache_dir))
+        # A variant pinned to its local release commit is not on huggingface.co: ask only the cache there
+        # (a mirror set with HF_ENDPOINT may serve it), instead of retrying a download that cannot succeed.
+        local_only = pinned and not rec.get("pushed") and constants.ENDPOINT.rstrip("/") == "https://huggingface.co"
+        path = Path(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=local_only))
     except Exception as e:  # no network, offline cache miss, missing repo or file: fall back, keep the reason
         errors.append(f"{origin}: {_hub_error(e)}")
     else:
