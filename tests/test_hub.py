@@ -28,7 +28,8 @@ import wnzoo
 from wnzoo import hub
 from wnzoo.data import DeviceData
 from wnzoo.evaluation import evaluate
-from wnzoo.model_card import MODEL_CARD, twin_name, variant_card, zoo_card
+from wnzoo.model_card import MODEL_CARD, variant_card, zoo_card
+from wnzoo.registry import twin_name
 from wnzoo.publish import (HUB_FILES, REPO_ROOT, PublishError, Run, recipe_notes, commit_message, local_revision,
                            publish, read_registry, recipe_for, verify_folder)
 from wnzoo.training import load_config

@@ -19,6 +19,7 @@ from torch import nn
 
 from ._constants import TAG_DATASET
 from .data import DataError, DeviceData, load_split
+from .registry import twin_name
 
 __all__ = ["predict", "evaluate", "PaperRow", "PAPER_TABLE1", "paper_row", "bn_twin", "resolve_device",
            "load_test_data", "inference_model", "reproduction_table", "card_mismatches",
@@ -105,7 +106,7 @@ def paper_row(variant: str) -> PaperRow | None:
 
 def bn_twin(variant: str) -> str | None:
     """``wn_resnet56.c10`` → ``bn_resnet56.c10``; ``None`` for BN models (they are the twins)."""
-    return "bn_" + variant[3:] if variant.startswith("wn_") else None
+    return twin_name(variant) if variant.startswith("wn_") else None
 
 
 def resolve_device(device: torch.device | str | None = None) -> torch.device:

@@ -13,8 +13,9 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ._constants import DATASET_STATS, PAPER_CITATION
+from .registry import twin_name
 
-__all__ = ["twin_name", "describe_arch", "variant_card", "zoo_card", "WNZOO_CITATION",
+__all__ = ["describe_arch", "variant_card", "zoo_card", "WNZOO_CITATION",
            "MODEL_CARD"]
 
 MODEL_CARD = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
@@ -25,12 +26,6 @@ WNZOO_CITATION = """@software{wnzoo,
   title = {wnzoo: weight-normalized residual networks for CIFAR with the initialization of Arpit, Campos and Bengio (2019), with batch-norm twins},
   note  = {Model zoo of PyTorch checkpoints published on the Hugging Face Hub},
 }"""
-
-
-def twin_name(name: str) -> str:
-    """The BN twin of a WN variant and vice versa (``wn_resnet56.c10`` ↔ ``bn_resnet56.c10``)."""
-    norm, rest = name.split("_", 1)
-    return f"{'bn' if norm == 'wn' else 'wn'}_{rest}"
 
 
 def _paper(variant: str) -> tuple[str, str] | None:

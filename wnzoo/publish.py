@@ -41,7 +41,8 @@ import yaml
 from . import __version__
 from ._constants import DATASET_STATS, TAG_DATASET
 from .hub import PUBLISHED_JSON, RELEASE_DIR, WEIGHTS_FILE, load_weights_file, published, sha256_file
-from .model_card import MODEL_CARD, twin_name, variant_card, zoo_card
+from .model_card import MODEL_CARD, variant_card, zoo_card
+from .registry import twin_name
 from .training.checkpoint import atomic_write, save_weights, write_json
 
 __all__ = ["publish", "PublishError", "Run", "build_folder", "measure", "verify_folder", "commit_folder",

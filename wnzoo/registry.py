@@ -12,7 +12,7 @@ from timm.models import get_arch_name, is_model, list_models as _timm_list_model
 
 from .models import resnet, wide_resnet
 
-__all__ = ["create_model", "list_models", "is_zoo_model"]
+__all__ = ["create_model", "list_models", "is_zoo_model", "twin_name"]
 
 # timm keys its module index by the file's last name, which clashes with timm's own resnet.py,
 # so the zoo keeps its own list of architectures.
@@ -28,6 +28,12 @@ def list_models(filter: str = "", pretrained: bool = False) -> list[str]:
 
 def is_zoo_model(name: str) -> bool:
     return get_arch_name(name) in _ZOO_ARCHS
+
+
+def twin_name(name: str) -> str:
+    """The BN twin of a WN model or variant and vice versa (``wn_resnet56.c10`` ↔ ``bn_resnet56.c10``)."""
+    norm, rest = name.split("_", 1)
+    return f"{'bn' if norm == 'wn' else 'wn'}_{rest}"
 
 
 def _unknown(name: str) -> ValueError:
