@@ -22,6 +22,23 @@ def cifar10_dir() -> Path:
     return CIFAR10
 
 
+@pytest.fixture
+def record_ops():
+    """A context manager whose ``seen`` lists the aten ops run inside it (``randint``, ``clone``, …)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func.overloadpacket).split(".")[-1])
+            return func(*args, **(kwargs or {}))
+
+    return Ops
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -74,7 +74,7 @@ def make_run(root: Path, data: Path, weights_seed: int = 0, logged_offset: float
     model = wnzoo.create_model("wn_resnet20")
     cfg = load_config(RECIPE, dict(data=str(data), **overrides)).to_dict()
     save_weights(run / "model.safetensors", model.state_dict(), {"architecture": "wn_resnet20", "epoch": "15"})
-    torch.save({"model": model.state_dict()}, run / "state.pt")  # resume state: must never be published
+    save_weights(run / "state.safetensors", model.state_dict())  # resume state: must never be published
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     history = [dict(epoch=e, lr=0.1, train_loss=2.0, train_acc=10.0, test_acc=10.0, test_loss=2.3, epoch_time_s=1.0,
                     img_per_s=100.0) for e in range(1, cfg["epochs"] + 1)]
@@ -330,7 +330,7 @@ def test_local_dir_prefix_loads_the_hub_folder(zoo):
 # publishing -------------------------------------------------------------------------------------------
 def test_published_folder_is_complete_and_consistent(zoo):
     folder, rec = zoo["folder"], zoo["rec"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(HUB_FILES)  # no state.pt, nothing else
+    assert sorted(p.name for p in folder.iterdir()) == sorted(HUB_FILES)  # no state, nothing else
     verify_folder(folder, rec)
     cfg = json.loads((folder / "config.json").read_text())
     assert (cfg["architecture"], cfg["num_classes"], cfg["num_features"]) == ("wn_resnet20", 10, 64)

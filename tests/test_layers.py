@@ -137,3 +137,15 @@ def test_torch_compile_smoke():
     assert torch.allclose(out, model(x), atol=1e-5)
     out.sum().backward()
     assert model.stem.g.grad is not None
+
+
+def test_weight_norm_reads_channels_last_v_without_copying_it(record_ops):
+    layer = WNConv2d(16, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    assert not layer.v.is_contiguous()
+    with record_ops() as ops:
+        w = layer.weight
+    copies = [op for op in ops.seen if op in ("clone", "_to_copy", "copy_", "contiguous")]
+    assert not copies, ops.seen
+    v = layer.v.detach()
+    ref = layer.g.detach()[:, None, None, None] * v / v.flatten(1).norm(dim=1)[:, None, None, None]
+    assert torch.allclose(w, ref, atol=1e-6)

@@ -1,6 +1,7 @@
 """Training: schedules, config validation, exact resume (also after SIGKILL), divergence, DDP, outputs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -139,6 +140,33 @@ def test_device_data_is_deterministic_and_shards_partition_the_global_batch():
     assert (a[0] == 0).any()  # cutout zeroed some normalized pixels
 
 
+def test_an_epochs_randomness_is_drawn_before_its_first_batch(record_ops):
+    """No step draws random numbers or copies from the host: on a GPU each would be a stream sync."""
+    rng = np.random.default_rng(1)
+    d = DeviceData.from_arrays(rng.integers(0, 256, (200, 32, 32, 3)).astype(np.uint8), rng.integers(0, 10, 200),
+                               "cifar10", seed=3, cutout=8)
+    batches = d.batches(0, 20, train=True)
+    with record_ops() as first:
+        next(batches)
+    with record_ops() as rest:
+        assert len(list(batches)) == 9
+    random_ops = {"randint", "randperm", "rand", "uniform_", "random_", "bernoulli"}
+    assert random_ops & set(first.seen)
+    assert not random_ops & set(rest.seen), sorted(set(rest.seen))
+    draws = d.epoch_randomness(0)  # the same draws as the epoch used, for any device
+    x0 = next(d.batches(0, 20, train=True))[0]
+    ref = DeviceData._augment(d.images[draws["order"][:20]], draws["offset"][:20], draws["flip"][:20])
+    assert torch.equal(x0, d._cutout(((ref.float() / 255) - d.mean) / d.std, draws["centre"][:20]))
+
+
+def test_crop_and_flip_are_a_padded_crop_then_a_mirror():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).reshape(2, 3, 32, 32) % 251 + 1
+    out = DeviceData._augment(x, torch.tensor([[4, 4], [0, 8]]), torch.tensor([True, False]))
+    assert torch.equal(out[0], x[0].flip(-1))                    # offset (4, 4) is the identity crop
+    padded = torch.nn.functional.pad(x[1], (4, 4, 4, 4))
+    assert torch.equal(out[1], padded[:, 0:32, 8:40])
+
+
 # ---- runs ----------------------------------------------------------------------------------------
 
 def test_run_folder_contents(tiny_data, tmp_path):
@@ -146,7 +174,7 @@ def test_run_folder_contents(tiny_data, tmp_path):
     summary = train(_cfg(tiny_data, ema_decay=0.9, label_smoothing=0.1, grad_clip=5.0, cutout=8), run,
                     progress=False)
     assert summary["status"] == "finished" and summary["survived"] is True
-    for f in ("model.safetensors", "model_ema.safetensors", "state.pt", "config.yaml", "metrics.jsonl",
+    for f in ("model.safetensors", "model_ema.safetensors", "state.safetensors", "config.yaml", "metrics.jsonl",
               "summary.json", "curves.png"):
         assert (run / f).is_file(), f
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -176,6 +204,100 @@ def test_resume_is_bit_exact(tiny_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="different recipe.*lr"):
         train(_cfg(tiny_data, lr=0.2), tmp_path / "split", resume=True, progress=False)
+
+
+def test_state_only_run_exports_what_a_full_run_writes(tiny_data, tmp_path):
+    """A time-boxed job keeps only state.safetensors; export_run rebuilds the folder from it."""
+    from wnzoo.training import export_run
+
+    torch.set_num_threads(1)
+    full, lean = tmp_path / "full", tmp_path / "lean"
+    train(_cfg(tiny_data), full, progress=False)
+    summary = train(_cfg(tiny_data, eval_every=0), lean, progress=False, export=False)
+    assert sorted(p.name for p in lean.iterdir()) == ["state.safetensors"]
+    assert "test_acc" not in summary and summary["status"] == "finished"
+    exported = export_run(lean, data=tiny_data)
+    for f in ("model.safetensors", "config.yaml", "metrics.jsonl", "summary.json", "curves.png"):
+        assert (lean / f).is_file(), f
+    a, b = _weights(full), _weights(lean)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (lean / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in ref]
+    assert exported["test_acc"] == pytest.approx(ref[-1]["test_acc"], abs=1e-6)  # same weights, same test split
+    assert exported["test_measured_by"] == "export_run"
+
+
+def test_run_state_is_one_small_safetensors_file_with_momentum(tmp_path):
+    """A ResNet-110 state (weights + momentum, float32) stays under 16 MiB and round-trips exactly."""
+    from safetensors import safe_open
+
+    from wnzoo import create_model
+    from wnzoo.training import RunState
+
+    model = create_model("wn_resnet110")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    path = tmp_path / "state.safetensors"
+    RunState.capture(model, opt, None, 3, dict(model="wn_resnet110"), [dict(epoch=3)]).save(path)
+    assert path.stat().st_size < 16 * 2**20, path.stat().st_size
+    assert path.stat().st_size / 2**20 == pytest.approx(13.2, abs=0.1)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["format"] == "wnzoo.run-state.v1"
+        assert sum(k.startswith("momentum.") for k in f.keys()) == len(list(model.parameters()))
+    state = RunState.load(path)
+    other = create_model("wn_resnet110")
+    opt2 = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
+    state.restore(other, opt2, None)
+    assert state.epoch == 3 and state.history == [dict(epoch=3)]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert torch.equal(opt.state[p]["momentum_buffer"], opt2.state[q]["momentum_buffer"])
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch):
+    import wnzoo.training.step as step_mod
+    from wnzoo import create_model
+
+    def broken_compile(module, mode=None):
+        def run(*a):
+            raise RuntimeError("backend exploded")
+        return run
+
+    monkeypatch.setattr(step_mod.torch, "compile", broken_compile)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    losses = []
+    for mode in ("none", "reduce-overhead"):
+        torch.manual_seed(0)
+        model = create_model("wn_resnet20")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        step = step_mod.TrainStep(model, model, opt, compile=mode)
+        with pytest.warns(RuntimeWarning, match="backend exploded.*continuing eagerly") if mode != "none" else \
+                contextlib.nullcontext():
+            losses.append([step(x, y, 0.1)[0].item() for _ in range(3)])
+        assert step.mode == "none"
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager_and_resumes_exactly(tiny_data, tmp_path):
+    """torch.compile (on a GPU also CUDA graphs) computes the eager step's loss curve; resume stays exact."""
+    torch.set_num_threads(1)
+    eager = train(_cfg(tiny_data, epochs=2), tmp_path / "eager", progress=False)
+    comp = train(_cfg(tiny_data, epochs=2, compile="reduce-overhead"), tmp_path / "comp", progress=False)
+    assert comp["compile_used"] == "reduce-overhead" and eager["compile_used"] == "none"  # no fallback
+    le = [json.loads(x)["train_loss"] for x in (tmp_path / "eager" / "metrics.jsonl").read_text().splitlines()]
+    lc = [json.loads(x)["train_loss"] for x in (tmp_path / "comp" / "metrics.jsonl").read_text().splitlines()]
+    assert lc == pytest.approx(le, rel=1e-4)
+    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "comp")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+    assert comp["test_acc"] == pytest.approx(eager["test_acc"], abs=1.0)
+    cfg = _cfg(tiny_data, epochs=2, compile="reduce-overhead")
+    assert train(cfg, tmp_path / "split", progress=False, time_limit_s=1e-9)["status"] == "paused"
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    c = _weights(tmp_path / "split")
+    assert all(torch.equal(b[k], c[k]) for k in b)
 
 
 def _cli(*args, env=ENV, **kw):
@@ -230,6 +352,13 @@ def test_cli_bad_input_is_a_message_not_a_traceback(tmp_path):
     assert r.returncode == 2 and "holds no cifar10 data" in r.stderr and "train.npz" in r.stderr
     r = _cli("--out", str(tmp_path / "none"), "--resume")
     assert r.returncode == 2 and "nothing to resume" in r.stderr
+    if not torch.cuda.is_available():
+        r = _cli("--set", "device=cuda", "--out", str(tmp_path / "gpu"))
+        assert r.returncode == 2 and "no usable CUDA device" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "state.safetensors").write_bytes(b"not a state")
+    r = _cli("--out", str(tmp_path / "bad"), "--resume")
+    assert r.returncode == 2 and "not a readable run state" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_torchrun_gloo_matches_single_process(tiny_data, tmp_path):

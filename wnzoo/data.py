@@ -294,46 +294,65 @@ class DeviceData:
     def num_batches(self, batch_size: int, drop_last: bool) -> int:
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
 
-    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def epoch_randomness(self, epoch: int) -> dict[str, torch.Tensor]:
+        """Every random draw of a training epoch, made at once and moved to the device in one copy.
+
+        Drawing per step would cost a host-to-device copy, and with it a stream sync, every step.
+        The draws come from a CPU generator seeded by ``(seed, epoch)`` (1_000_003 is a prime above
+        any epoch count, so no two pairs share a seed), so an epoch is the same on every device and
+        after any resume. Keys: ``order`` (a permutation), ``offset`` (crop corner in the padded
+        image, 0..8 per axis), ``flip`` and, with cutout, ``centre`` (pixel of the square's centre).
+        """
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        n = len(self)
+        draws = dict(order=torch.randperm(n, generator=gen), offset=torch.randint(0, 9, (n, 2), generator=gen),
+                     flip=torch.rand(n, generator=gen) < 0.5)
+        if self.cutout:
+            draws["centre"] = torch.randint(0, 32, (n, 2), generator=gen)
+        dev = self.labels.device
+        return {k: v.to(dev, non_blocking=True) for k, v in draws.items()}
+
+    @staticmethod
+    def _augment(x: torch.Tensor, offset: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """Random 32-px crop of the 4-px zero-padded image, then horizontal flip, as one gather:
+        output pixel (r, c) reads padded pixel (off_r + r, off_c + c), or (off_r + r, off_c + 31 - c)
+        when flipped."""
         b, dev = x.shape[0], x.device
-        off = torch.randint(0, 9, (b, 2), generator=gen).to(dev)
-        flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
         padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
         ar = torch.arange(32, device=dev)
-        rows = (off[:, 0:1] + ar)[:, None, :, None]
-        cols = (off[:, 1:2] + ar)[:, None, None, :]
-        cols = torch.where(flip[:, None, None, None], off[:, 1:2, None, None] + 31 - ar[None, None, None, :], cols)
+        rows = (offset[:, 0:1] + ar)[:, None, :, None]
+        cols = torch.where(flip[:, None], offset[:, 1:2] + 31 - ar, offset[:, 1:2] + ar)[:, None, None, :]
         chan = torch.arange(x.shape[1], device=dev)[None, :, None, None]
         return padded[torch.arange(b, device=dev)[:, None, None, None], chan, rows, cols]
 
-    def _cutout(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _cutout(self, x: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """Zero a ``cutout``-px square centred at a uniform pixel (clipped), after normalization."""
-        b, dev = x.shape[0], x.device
-        centre = torch.randint(0, 32, (b, 2), generator=gen).to(dev)
-        ar = torch.arange(32, device=dev)
-        half = self.cutout // 2
-        rin = ((ar[None] >= centre[:, :1] - half) & (ar[None] < centre[:, :1] - half + self.cutout))
-        cin = ((ar[None] >= centre[:, 1:] - half) & (ar[None] < centre[:, 1:] - half + self.cutout))
-        keep = ~(rin[:, :, None] & cin[:, None, :])
+        ar = torch.arange(32, device=x.device)
+        lo = centre - self.cutout // 2
+        inside = (ar[None, None] >= lo[:, :, None]) & (ar[None, None] < lo[:, :, None] + self.cutout)
+        keep = ~(inside[:, 0, :, None] & inside[:, 1, None, :])
         return x * keep[:, None].to(x.dtype)
 
     def batches(self, epoch: int, batch_size: int, train: bool, shard: tuple[int, int] = (0, 1),
                 drop_last: bool | None = None):
-        """Yield ``(x, y)``; ``x`` normalized float (channels_last if set), ``y`` int64."""
+        """Yield ``(x, y)``; ``x`` normalized float (channels_last if set), ``y`` int64.
+
+        With ``train=True`` no step draws randomness or copies from the host: see
+        :meth:`epoch_randomness`.
+        """
         drop_last = train if drop_last is None else drop_last
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        n = len(self)
-        order = torch.randperm(n, generator=gen).to(self.labels.device) if train else None
+        n, dev = len(self), self.labels.device
+        draws = self.epoch_randomness(epoch) if train else None
         rank, world = shard
         for i in range(self.num_batches(batch_size, drop_last)):
             sl = slice(i * batch_size, min((i + 1) * batch_size, n))
-            idx = order[sl] if order is not None else torch.arange(sl.start, sl.stop, device=self.labels.device)
+            idx = draws["order"][sl] if draws is not None else torch.arange(sl.start, sl.stop, device=dev)
             x = self.images[idx]
-            if train:
-                x = self._augment(x, gen)
+            if draws is not None:
+                x = self._augment(x, draws["offset"][sl], draws["flip"][sl])
             x = normalize(x, self.mean, self.std)
-            if train and self.cutout:
-                x = self._cutout(x, gen)
+            if draws is not None and self.cutout:
+                x = self._cutout(x, draws["centre"][sl])
             y = self.labels[idx]
             if world > 1:
                 x, y = x[rank::world], y[rank::world]

@@ -40,6 +40,10 @@ class _WeightNorm(nn.Module):
         self.v = nn.Parameter(torch.empty(v_shape))
         self.g = nn.Parameter(torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        # Reduce over every dim but the first in place: ``v.flatten(1)`` would copy a channels_last
+        # ``v`` on every call; the gain is reshaped to broadcast against ``v``.
+        self._norm_dims = tuple(range(1, len(v_shape)))
+        self._gain_shape = (-1,) + (1,) * (len(v_shape) - 1)
         self.init_role = "linear"
         self.stage_blocks = 1
         self.block_index = 1
@@ -48,13 +52,13 @@ class _WeightNorm(nn.Module):
             self.g.copy_(self.v_norm())
 
     def v_norm(self) -> torch.Tensor:
-        return self.v.flatten(1).norm(dim=1)
+        return torch.linalg.vector_norm(self.v, dim=self._norm_dims)
 
     @property
     def weight(self) -> torch.Tensor:
         """The effective weight ``g * v / ||v||`` (a fresh tensor each call)."""
         scale = self.g / self.v_norm()
-        return self.v * scale.view(-1, *([1] * (self.v.dim() - 1)))
+        return self.v * scale.view(self._gain_shape)
 
     @property
     def fan_in(self) -> int:

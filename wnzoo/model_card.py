@@ -176,7 +176,8 @@ def variant_card(rec: dict, *, train_cfg: dict[str, Any], summary: dict[str, Any
     if summary.get("device"):
         secs = sum(r.get("epoch_time_s", 0.0) for r in history)
         world = f" × {summary['world_size']}" if summary.get("world_size", 1) > 1 else ""
-        lines += [f"Trained on {summary['device']}{world}" + (f", {secs / 60:.0f} minutes of training epochs."
+        where = " then ".join(summary.get("hardware") or [summary["device"]])  # GPU names, when known
+        lines += [f"Trained on {where}{world}" + (f", {secs / 60:.0f} minutes of training epochs."
                                                                if secs else "."), ""]
     if recipe_notes:
         lines += ["Notes from the recipe file:", ""] + [f"> {ln}" if ln else ">" for ln in recipe_notes.splitlines()] + [""]

@@ -7,7 +7,7 @@
 2. builds the Hub folder: ``model.safetensors`` (re-saved from a strict load, so its keys are the
    model's own), ``config.json`` (timm's schema plus wnzoo's fields), ``README.md`` (the model card),
    ``recipe.yaml`` (the resolved training config), ``metrics.jsonl`` and ``curves.png``; the run's
-   resume state (``state.pt``, a pickle) is never published;
+   resume state (``state.safetensors``, with optimizer momentum) is never published;
 3. verifies it: strict load through the path users take, re-evaluation of the fused model on the
    full test split on CPU (the card states this number, never one from the training log, and the
    two must agree), the card's, config's and record's numbers and hashes equal;
@@ -43,7 +43,7 @@ from ._constants import DATASET_STATS, TAG_DATASET
 from .hub import PUBLISHED_JSON, RELEASE_DIR, WEIGHTS_FILE, load_weights_file, published, sha256_file
 from .model_card import MODEL_CARD, variant_card, zoo_card
 from .registry import twin_name
-from .training.checkpoint import atomic_write, save_weights, write_json
+from .training.checkpoint import RunFolder, atomic_write, save_weights, write_json
 
 __all__ = ["publish", "PublishError", "Run", "build_folder", "measure", "verify_folder", "commit_folder",
            "commit_message", "push_folder", "write_zoo_card", "read_registry", "REPO_ROOT", "HUB_FILES"]
@@ -80,19 +80,23 @@ class Run:
     @classmethod
     def read(cls, run_dir: str | os.PathLike) -> "Run":
         d = Path(run_dir)
-        missing = [f for f in (WEIGHTS_FILE, "config.yaml", "metrics.jsonl", "summary.json") if not (d / f).is_file()]
-        if missing == ["summary.json"]:
+        files = (RunFolder.WEIGHTS, RunFolder.CONFIG, RunFolder.METRICS, RunFolder.SUMMARY)
+        missing = [f for f in files if not (d / f).is_file()]
+        if missing and (d / RunFolder.STATE).is_file():
+            raise PublishError(f"run {d} holds only its training state; write its weights, metrics and summary "
+                               f"first: python train/train.py --export {d}")
+        if missing == [RunFolder.SUMMARY]:
             raise PublishError(f"run {d} has no summary.json yet: it is still training, or it stopped; finish it "
                                f"(python train/train.py -c ... --out {d} --resume)")
         if missing:
             raise PublishError(f"{d} is not a finished run folder: {', '.join(missing)} missing "
                                f"(train it with python train/train.py -c configs/X.yaml)")
-        summary = json.loads((d / "summary.json").read_text())
+        folder = RunFolder(d)
+        summary = folder.read_summary()
         if summary.get("status") != "finished":
             raise PublishError(f"run {d} has status {summary.get('status')!r}, not 'finished'; finish it first "
                                f"(python train/train.py -c ... --out {d} --resume)")
-        history = [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-        return cls(d, yaml.safe_load((d / "config.yaml").read_text()), summary, history)
+        return cls(d, yaml.safe_load((d / RunFolder.CONFIG).read_text()), summary, folder.read_metrics())
 
     def logged_test_acc(self) -> float | None:
         """The final test accuracy the training loop logged (None when it evaluated on a validation split)."""
@@ -165,9 +169,9 @@ def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
     # One metadata key only: safetensors writes metadata in hash order, and the file must hash the same every time.
     save_weights(out / WEIGHTS_FILE, model.state_dict(), {"format": "pt"})
     (out / "recipe.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
-    shutil.copyfile(run.dir / "metrics.jsonl", out / "metrics.jsonl")
-    if (run.dir / "curves.png").is_file():
-        shutil.copyfile(run.dir / "curves.png", out / "curves.png")
+    shutil.copyfile(run.dir / RunFolder.METRICS, out / "metrics.jsonl")
+    if (run.dir / RunFolder.CURVES).is_file():
+        shutil.copyfile(run.dir / RunFolder.CURVES, out / "curves.png")
     return model
 
 

@@ -1,6 +1,9 @@
-"""Training: validated configs, warmup schedules, the device-resident loop, checkpoints and resume."""
-from .config import ConfigError, TrainConfig, load_config, parse_overrides
-from .loop import TrainingDiverged, train
+"""Training: validated configs, warmup schedules, the device-resident loop, run states and resume,
+and time-boxed jobs of several runs."""
+from .checkpoint import RunFolder, RunState, StateError
+from .config import COMPILE_MODES, ConfigError, TrainConfig, load_config, parse_overrides
+from .loop import TrainingDiverged, export_run, throughput, train
 from .schedule import LRSchedule
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "train", "TrainingDiverged", "LRSchedule"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "COMPILE_MODES", "train", "export_run",
+           "throughput", "TrainingDiverged", "LRSchedule", "RunFolder", "RunState", "StateError"]

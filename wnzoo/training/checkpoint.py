@@ -1,22 +1,38 @@
-"""Atomic writes and the run folder's checkpoint files.
+"""The run folder and its one resumable state file, written atomically after every epoch.
 
-A run folder holds ``model.safetensors`` (weights only, the export), ``state.pt`` (everything
-resume needs: weights, optimizer, scheduler, EMA, epoch, RNG states, history, config) and the
-logs. Every file is written to a temporary name and renamed, so a crash never leaves a torn file:
-the previous complete checkpoint survives.
+A run is resumable from a single file, ``state.safetensors``: the weights (with BN buffers), the
+SGD momentum of every parameter, the EMA weights when used, and in its metadata the epoch, the
+config and the per-epoch history. Nothing else is needed: the learning rate is a closed form of
+the step (:class:`~wnzoo.training.schedule.LRSchedule`) and an epoch's data randomness a function
+of ``(seed, epoch)``. So a time-boxed job (a spot instance, a cluster slot with a wall-clock limit)
+can keep just this file, and :func:`~wnzoo.training.loop.export_run` rebuilds everything else in
+the folder from it on any machine. It is safetensors, not a pickle: loading it runs no code.
+For ``wn_resnet110`` it is 13.3 MiB (weights and momentum in float32, 182 epochs of history).
+
+Every file is written to a temporary name and renamed, so a crash never leaves a torn file: the
+previous complete checkpoint survives.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
 
-__all__ = ["atomic_write", "save_weights", "save_state", "load_state", "write_json"]
+__all__ = ["atomic_write", "write_json", "save_weights", "RunState", "RunFolder", "StateError", "STATE_FORMAT"]
+
+STATE_FORMAT = "wnzoo.run-state.v1"
+
+
+class StateError(ValueError):
+    """A state file that cannot be resumed from; the message says why and what to do."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -44,10 +60,101 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], m
     atomic_write(path, lambda p: save_file(tensors, p, metadata=metadata))
 
 
-def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda p: torch.save(state, p))
+@dataclass
+class RunState:
+    """Everything a run needs to continue: tensors by group, the epochs done, config and history."""
+
+    epoch: int
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    model: dict[str, torch.Tensor]
+    momentum: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name → SGD momentum buffer
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def capture(cls, model: nn.Module, opt: torch.optim.Optimizer, ema: nn.Module | None, epoch: int,
+                config: dict[str, Any], history: list[dict[str, Any]]) -> "RunState":
+        momentum = {}
+        for name, p in model.named_parameters():
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                momentum[name] = buf
+        return cls(epoch, config, list(history), model.state_dict(), momentum,
+                   ema.state_dict() if ema is not None else {})
+
+    def restore(self, model: nn.Module, opt: torch.optim.Optimizer, ema: nn.Module | None) -> None:
+        model.load_state_dict(self.model)
+        params = dict(model.named_parameters())
+        unknown = set(self.momentum) - set(params)
+        if unknown:
+            raise StateError(f"the state has momentum for parameters the model lacks: {sorted(unknown)[:3]}")
+        for name, buf in self.momentum.items():
+            opt.state[params[name]]["momentum_buffer"] = buf.to(params[name].device, params[name].dtype)
+        if ema is not None:
+            ema.load_state_dict(self.ema)
+
+    def save(self, path: str | os.PathLike) -> None:
+        tensors = {f"{group}.{k}": v.detach().to("cpu").contiguous()
+                   for group in ("model", "momentum", "ema") for k, v in getattr(self, group).items()}
+        meta = dict(format=STATE_FORMAT, epoch=str(self.epoch), config=json.dumps(self.config),
+                    history=json.dumps(self.history))
+        atomic_write(path, lambda p: save_file(tensors, p, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunState":
+        path = Path(path)
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise StateError(f"{path} is not a readable run state ({e}); it is damaged: restore a copy, or "
+                             f"move it aside to start the run anew") from e
+        if meta.get("format") != STATE_FORMAT:
+            raise StateError(f"{path} is not a wnzoo run state (format {meta.get('format')!r}, expected "
+                             f"{STATE_FORMAT!r})")
+        groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "momentum": {}, "ema": {}}
+        for key, t in tensors.items():
+            group, _, name = key.partition(".")
+            groups[group][name] = t
+        return cls(int(meta["epoch"]), json.loads(meta["config"]), json.loads(meta["history"]), **groups)
 
 
-def load_state(path: str | os.PathLike) -> dict[str, Any]:
-    # Our own file, but still loaded with weights_only: it holds only tensors and plain containers.
-    return torch.load(path, map_location="cpu", weights_only=True)
+class RunFolder:
+    """The files of one run folder, by name; the only place that knows them."""
+
+    STATE = "state.safetensors"
+    WEIGHTS = "model.safetensors"
+    EMA_WEIGHTS = "model_ema.safetensors"
+    CONFIG = "config.yaml"
+    METRICS = "metrics.jsonl"
+    SUMMARY = "summary.json"
+    CURVES = "curves.png"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def state(self) -> Path:
+        return self.path / self.STATE
+
+    def has_state(self) -> bool:
+        return self.state.is_file()
+
+    def read_state(self) -> RunState:
+        return RunState.load(self.state)
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        atomic_write(self / self.METRICS, lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in history)))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return [json.loads(ln) for ln in (self / self.METRICS).read_text().splitlines() if ln.strip()]
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads((self / self.SUMMARY).read_text())
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"

@@ -8,7 +8,11 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "COMPILE_MODES"]
+
+# How the training step runs: eagerly, compiled by torch.compile, or compiled and replayed as CUDA
+# graphs (``reduce-overhead``: on a GPU, one launch per forward and per backward instead of thousands).
+COMPILE_MODES = ("none", "default", "reduce-overhead")
 
 _CHOICES = {
     "dataset": ("cifar10", "cifar100"),
@@ -16,6 +20,7 @@ _CHOICES = {
     "schedule": ("step", "cosine", "constant"),
     "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16"),
+    "compile": COMPILE_MODES,
 }
 
 
@@ -55,21 +60,23 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "bf16"                  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True
-    compile: bool = False
-    eval_every: int = 1
+    compile: str = "none"              # one of COMPILE_MODES; true/false mean "default"/"none"
+    eval_every: int = 1                # epochs between evaluations (and the last); 0: never (no test split needed)
     log_every: int = 50                # steps between host syncs (progress bar, NaN check)
     notes: str = ""
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # the 0.1 config key was a bool
+            self.compile = "default" if self.compile else "none"
         for key, choices in _CHOICES.items():
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not valid; choose one of {list(choices)}")
-        positive = ("epochs", "batch_size", "lr", "eval_every", "log_every")
+        positive = ("epochs", "batch_size", "lr", "log_every")
         for key in positive:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)!r}")
         for key in ("momentum", "weight_decay", "warmup_epochs", "warmup_lr", "label_smoothing", "grad_clip",
-                    "ema_decay", "cutout", "subset", "eval_subset"):
+                    "ema_decay", "cutout", "subset", "eval_subset", "eval_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)!r}")
         if self.warmup_epochs > self.epochs:
@@ -125,7 +132,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, list):
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r}")
-    elif isinstance(default, str) and not isinstance(value, str):
+    elif isinstance(default, str) and not isinstance(value, str) and not (key == "compile" and isinstance(value, bool)):
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value
 

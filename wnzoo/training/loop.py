@@ -1,38 +1,39 @@
-"""The training loop: one function, ``train(cfg, out_dir, resume)``, used by ``train/train.py``.
+"""The training loop: ``train(cfg, out_dir)``, used by ``train/train.py``, and ``export_run``.
 
-Design points: the dataset lives on the device (``wnzoo.data.DeviceData``); the host syncs only
-every ``log_every`` steps (progress bar, NaN check); a checkpoint is written atomically after
-every epoch, and an epoch's randomness is a function of ``(seed, epoch)``, so ``--resume`` after
-a crash (even SIGKILL) replays exactly what an uninterrupted run would have done.
+Design points: the dataset lives on the device (``wnzoo.data.DeviceData``), which draws an epoch's
+randomness at its start; the step (``wnzoo.training.step``) returns device tensors, and the host
+syncs only every ``log_every`` steps (progress bar, NaN check). After every epoch the run's one
+state file is written atomically (``wnzoo.training.checkpoint``). Since an epoch's randomness is a
+function of ``(seed, epoch)`` and the learning rate one of the step, ``--resume`` after a crash
+(even SIGKILL) replays exactly what an uninterrupted run would have done.
 Several processes (``torchrun``) use DistributedDataParallel: each takes its slice of the same
 global batch, which keeps results equal to a single process with that batch.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from ..data import DeviceData, load_split, train_val_indices
-from ..evaluation import evaluate
-from ..init import datadep
+from ..data import DataError, DeviceData, load_split, train_val_indices
+from ..evaluation import evaluate, load_test_data
 from ..registry import create_model
-from .checkpoint import atomic_write, load_state, save_state, save_weights, write_json
+from .checkpoint import RunFolder, RunState, StateError, save_weights, write_json
 from .config import ConfigError, TrainConfig
 from .schedule import LRSchedule
+from .step import TrainStep
 
-__all__ = ["train", "TrainingDiverged", "RESUME_MAY_CHANGE"]
+__all__ = ["train", "export_run", "throughput", "TrainingDiverged", "RESUME_MAY_CHANGE", "hardware_name"]
 
 # Keys that may differ between the saved config and the one given with --resume (they do not
-# change the optimization: where the data lives, which device, how often to log).
+# change the optimization: where the data lives, which device, how the step runs, how often to log).
 RESUME_MAY_CHANGE = ("data", "device", "compile", "log_every", "eval_every")
 
 
@@ -40,17 +41,81 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint in the run folder is kept."""
 
 
-def _setup_dist(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+def hardware_name(device: torch.device) -> str:
+    """What the card says a run trained on: the GPU's name, or ``cpu``."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds between its steps."""
+
+    cfg: TrainConfig
+    folder: RunFolder | None  # None: a throughput measurement, which writes nothing
+    device: torch.device
+    rank: int
+    world: int
+    train_data: DeviceData
+    eval_data: DeviceData | None
+    eval_split: str | None
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    schedule: LRSchedule
+    step: TrainStep
+    ema: Any = None
+    start_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.schedule.steps_per_epoch
+
+
+# ---- build ---------------------------------------------------------------------------------------
+
+def _setup_device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but this machine has no usable CUDA device; use --set device=cpu (or auto)")
+    if cfg.compile == "reduce-overhead" and world > 1:
+        raise ConfigError("compile=reduce-overhead (CUDA graphs) runs one process; with torchrun use compile=default")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if world > 1 else 0
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+    if not use_cuda:
+        return rank, world, torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
+    torch.backends.cuda.matmul.allow_tf32 = True
+    return rank, world, torch.device("cuda", local)
+
+
+def _load_data(cfg: TrainConfig, device: torch.device) -> tuple[DeviceData, DeviceData | None, str | None]:
+    """The training data and what is evaluated: the held-out 5k (``val_split``), the test split, or
+    nothing (``eval_every=0``: the test split need not exist on a training machine)."""
+    images, labels = load_split(cfg.data, cfg.dataset, "train")
+    kw = dict(seed=cfg.seed, channels_last=cfg.channels_last)
+    ev = split = None
+    if cfg.val_split:
+        tr, va = train_val_indices(len(labels))
+        ev, split = (images[va], labels[va]), "val"
+        images, labels = images[tr], labels[tr]
+    elif cfg.eval_every:
+        ev, split = load_split(cfg.data, cfg.dataset, "test"), "test"
+    n = cfg.subset or len(labels)
+    if n < cfg.batch_size:
+        raise ConfigError(f"subset={n} is smaller than batch_size={cfg.batch_size}")
+    train_data = DeviceData.from_arrays(images[:n], labels[:n], cfg.dataset, device, cutout=cfg.cutout, **kw)
+    if ev is None or not cfg.eval_every:
+        return train_data, None, None
+    m = cfg.eval_subset or len(ev[1])
+    return train_data, DeviceData.from_arrays(ev[0][:m], ev[1][:m], cfg.dataset, device, **kw), split
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -61,213 +126,168 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=rest, weight_decay=0.0)]
 
 
-def _load_data(cfg: TrainConfig, device: torch.device) -> tuple[DeviceData, DeviceData, str]:
-    images, labels = load_split(cfg.data, cfg.dataset, "train")
-    if cfg.val_split:
-        tr, va = train_val_indices(len(labels))
-        (images, labels), (ev_images, ev_labels), split = (images[tr], labels[tr]), (images[va], labels[va]), "val"
-    else:
-        (ev_images, ev_labels), split = load_split(cfg.data, cfg.dataset, "test"), "test"
-    n, m = cfg.subset or len(labels), cfg.eval_subset or len(ev_labels)
-    if n < cfg.batch_size:
-        raise ConfigError(f"subset={n} is smaller than batch_size={cfg.batch_size}")
-    kw = dict(seed=cfg.seed, channels_last=cfg.channels_last)
-    train_data = DeviceData.from_arrays(images[:n], labels[:n], cfg.dataset, device, cutout=cfg.cutout, **kw)
-    return train_data, DeviceData.from_arrays(ev_images[:m], ev_labels[:m], cfg.dataset, device, **kw), split
-
-
-def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
-    diff = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
-            if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
-    if diff:
-        lines = ", ".join(f"{k}: run has {a!r}, given {b!r}" for k, (a, b) in diff.items())
-        raise ConfigError(f"--resume with a different recipe ({lines}); resume with the run's own config.yaml "
-                          f"or start a new --out folder")
-
-
-def _plot(history: list[dict], out: Path, title: str) -> None:
-    try:
-        from .plots import plot_curves
-        plot_curves(history, out / "curves.png", title)
-    except ImportError as e:  # e.g. a bare GPU machine without matplotlib: metrics.jsonl has everything
-        print(f"warning: no curves.png ({e}); plot later with wnzoo.training.plots.plot_curves", flush=True)
-
-
-def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
-          time_limit_s: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` into ``out_dir``; returns the run summary (also written to ``summary.json``).
-
-    ``time_limit_s`` stops cleanly after the last epoch that fits (status ``'paused'``), for
-    machines lent in slices; ``--resume`` continues. Raises :class:`TrainingDiverged` on NaN/inf.
-    """
-    out = Path(out_dir)
-    t_start = time.time()
-    rank, world, device = _setup_dist(cfg)
-    main = rank == 0
+def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
+           train_data: DeviceData | None = None) -> _Run:
+    """Data (``cfg.data``, unless ``train_data`` is given), model (initialized, or restored from
+    ``state``), optimizer, schedule and step."""
+    rank, world, device = _setup_device(cfg)
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
-    state_path = out / "state.pt"
-    if resume and not state_path.is_file():
-        raise FileNotFoundError(f"--resume: {state_path} not found; nothing to resume (drop --resume to start)")
-    if not resume and state_path.is_file():
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    state = load_state(state_path) if resume else None
-    if state is not None:
-        _check_resume_config(state["config"], cfg)
-
     torch.manual_seed(cfg.seed)
-    train_data, eval_data, eval_split = _load_data(cfg, device)
-    model = create_model(cfg.model, num_classes=None, init=None if cfg.init == "datadep" else cfg.init)
-    model.to(device)
+    eval_data = eval_split = None
+    if train_data is None:
+        train_data, eval_data, eval_split = _load_data(cfg, device)
+    init_batch = None
+    if cfg.init == "datadep" and state is None:  # the first training batch, as the authors' code uses
+        init_batch = next(train_data.batches(0, cfg.batch_size, train=True))[0].cpu().contiguous()
+    init = cfg.init if state is None else None  # a resumed model's weights come from the state
+    model = create_model(cfg.model, num_classes=None, init=init, init_batch=init_batch).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if cfg.init == "datadep" and state is None:
-        datadep(model, next(train_data.batches(0, cfg.batch_size, train=True))[0])
-
-    steps_per_epoch = train_data.num_batches(cfg.batch_size, drop_last=True)
-    sched_fn = LRSchedule(cfg.lr, cfg.epochs, steps_per_epoch, cfg.warmup_epochs, cfg.warmup_lr, cfg.warmup_shape,
-                          cfg.schedule, tuple(cfg.milestones), cfg.gamma)
-    opt = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, sched_fn)
+    opt = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          **({"fused": True} if device.type == "cuda" else {}))
     ema = None
     if cfg.ema_decay:
         from timm.utils.model_ema import ModelEmaV3
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
-
-    start_epoch, history = 0, []
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
-        start_epoch, history = state["epoch"], list(state["history"])
-
+        state.restore(model, opt, ema.module if ema is not None else None)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
     use_amp = cfg.amp == "bf16" and device.type == "cuda"
-
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    writer = _tensorboard(out) if main else None
-    summary: dict[str, Any] = dict(model=cfg.model, dataset=cfg.dataset, eval_split=eval_split, survived=True,
-                                   status="running", world_size=world, device=str(device))
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
-        net.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        pending: list[torch.Tensor] = []
-        bar = None
-        if progress and main:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
-        for step, (x, y) in enumerate(train_data.batches(epoch, cfg.batch_size, train=True, shard=(rank, world))):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(model)
-            loss_d = loss.detach()
-            pending.append(loss_d)
-            loss_sum += loss_d * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_epoch:
-                _check_finite(pending, epoch, step + 1 - len(pending), sched_fn, steps_per_epoch, out, summary, main)
-                pending = []
-                if bar is not None:
-                    bar.update(cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every)
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
-                                    lr=f"{opt.param_groups[0]['lr']:.4f}",
-                                    img_s=f"{seen * world / (time.time() - t0):.0f}")
-        if bar is not None:
-            bar.close()
-        train_time = time.time() - t0
-        row = dict(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], train_loss=loss_sum.item() / seen,
-                   train_acc=100.0 * correct.item() / seen, epoch_time_s=train_time,
-                   img_per_s=steps_per_epoch * cfg.batch_size / train_time)
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            res = evaluate(model, eval_data, autocast=use_amp)
-            row.update({f"{eval_split}_acc": res["top1"], f"{eval_split}_loss": res["loss"]})
-            if ema is not None:
-                row[f"{eval_split}_acc_ema"] = evaluate(ema.module, eval_data, autocast=use_amp)["top1"]
-        history.append(row)
-        if main:
-            _save(out, model, opt, sched, ema, epoch + 1, history, cfg, device)
-            if writer is not None:
-                for k, v in row.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch + 1)
-            msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-            if progress:
-                print(msg, flush=True)
-        if world > 1:
-            dist.barrier()
-        elapsed = time.time() - t_start
-        if time_limit_s is not None and epoch + 1 < cfg.epochs and elapsed + (time.time() - t0) * 1.1 > time_limit_s:
-            summary.update(status="paused", epochs_done=epoch + 1, seconds=elapsed)
-            if main:
-                write_json(out / "summary.json", summary)
-            return summary
-
-    summary.update(status="finished", epochs_done=cfg.epochs, seconds_this_session=time.time() - t_start,
-                   final=history[-1] if history else None)
-    if eval_split == "test" and history:
-        summary["test_acc"] = history[-1]["test_acc"]
-    if main:
-        write_json(out / "summary.json", summary)
-        _plot(history, out, f"{cfg.model} on {cfg.dataset}")
-        if writer is not None:
-            writer.close()
-    return summary
+    step = TrainStep(model, net, opt, compile=cfg.compile, autocast=use_amp, label_smoothing=cfg.label_smoothing,
+                     grad_clip=cfg.grad_clip, ema=ema)
+    schedule = LRSchedule(cfg.lr, cfg.epochs, train_data.num_batches(cfg.batch_size, drop_last=True),
+                          cfg.warmup_epochs, cfg.warmup_lr, cfg.warmup_shape, cfg.schedule, tuple(cfg.milestones),
+                          cfg.gamma)
+    return _Run(cfg, folder, device, rank, world, train_data, eval_data, eval_split, model, opt, schedule, step, ema,
+                start_epoch=state.epoch if state else 0, history=list(state.history) if state else [])
 
 
-def _check_finite(pending: list[torch.Tensor], epoch: int, first_step: int, sched_fn: LRSchedule,
-                  steps_per_epoch: int, out: Path, summary: dict, main: bool) -> None:
-    losses = torch.stack(pending)
+def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool) -> RunState | None:
+    """The state to resume from (``resume``), after checking it belongs to this recipe."""
+    if (folder / "state.pt").is_file():
+        raise StateError(f"{folder.path} holds a state.pt from wnzoo 0.1, which this version cannot resume; "
+                         f"finish it with wnzoo 0.1 or start a new --out folder")
+    if not resume:
+        if folder.has_state():
+            raise FileExistsError(f"{folder.path} already holds a run; pass --resume to continue it or choose "
+                                  f"another --out")
+        return None
+    if not folder.has_state():
+        raise FileNotFoundError(f"--resume: {folder.state} not found; nothing to resume (drop --resume to start)")
+    state = folder.read_state()
+    diff = {k: (state.config.get(k), v) for k, v in cfg.to_dict().items()
+            if k not in RESUME_MAY_CHANGE and state.config.get(k) != v}
+    if diff:
+        lines = ", ".join(f"{k}: run has {a!r}, given {b!r}" for k, (a, b) in diff.items())
+        raise ConfigError(f"--resume with a different recipe ({lines}); resume with the run's own config.yaml "
+                          f"or start a new --out folder")
+    return state
+
+
+# ---- one epoch -------------------------------------------------------------------------------------
+
+def _train_epoch(run: _Run, epoch: int, summary: dict[str, Any], progress: bool = False) -> dict[str, Any]:
+    """Train one epoch; returns its history row (without evaluation)."""
+    cfg, steps = run.cfg, run.steps_per_epoch
+    t0 = time.time()
+    run.model.train()
+    losses = torch.zeros(steps, device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    bar = None
+    if progress and run.main:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
+    checked = 0
+    batches = run.train_data.batches(epoch, cfg.batch_size, train=True, shard=(run.rank, run.world))
+    for i, (x, y) in enumerate(batches):
+        loss, right = run.step(x, y, run.schedule.lr_at(epoch * steps + i))
+        losses[i] = loss
+        correct += right
+        if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+            _check_finite(run, losses[checked:i + 1], epoch, checked, summary)
+            seen = (i + 1) * cfg.batch_size
+            if bar is not None:
+                bar.update(i + 1 - checked)
+                bar.set_postfix(loss=f"{losses[:i + 1].mean().item():.3f}",
+                                acc=f"{100 * correct.item() * run.world / seen:.1f}",
+                                lr=f"{run.schedule.lr_at(epoch * steps + i):.4f}",
+                                img_s=f"{seen / (time.time() - t0):.0f}")
+            checked = i + 1
+    if bar is not None:
+        bar.close()
+    train_time = time.time() - t0
+    seen = steps * cfg.batch_size // run.world
+    return dict(epoch=epoch + 1, lr=run.schedule.lr_at((epoch + 1) * steps - 1), train_loss=losses.mean().item(),
+                train_acc=100.0 * correct.item() / seen, epoch_time_s=train_time,
+                img_per_s=steps * cfg.batch_size / train_time, device=hardware_name(run.device))
+
+
+def _check_finite(run: _Run, losses: torch.Tensor, epoch: int, first_step: int, summary: dict[str, Any]) -> None:
     bad = ~torch.isfinite(losses)
-    if bad.any():
-        step = first_step + int(bad.nonzero()[0, 0])
-        lr = sched_fn.lr_at(epoch * steps_per_epoch + step)
-        kept = (f"the last good checkpoint (epoch {epoch}) is kept in {out}" if epoch
-                else "no epoch had finished, so there is no checkpoint")
-        msg = (f"training diverged: loss is {losses[bad][0].item()} at epoch {epoch + 1}, step {step + 1} "
-               f"(lr {lr:.4g}); {kept}. Lower lr, or add warmup (warmup_epochs)")
-        summary.update(survived=False, status="diverged", diverged_at=dict(epoch=epoch + 1, step=step + 1, lr=lr))
-        if main:
-            write_json(out / "summary.json", summary)
-        raise TrainingDiverged(msg)
+    if not bad.any():
+        return
+    step = first_step + int(bad.nonzero()[0, 0])
+    lr = run.schedule.lr_at(epoch * run.steps_per_epoch + step)
+    kept = (f"the last good checkpoint (epoch {epoch}) is kept in {run.folder.path}" if epoch
+            else "no epoch had finished, so there is no checkpoint")
+    msg = (f"training diverged: loss is {losses[bad][0].item()} at epoch {epoch + 1}, step {step + 1} "
+           f"(lr {lr:.4g}); {kept}. Lower lr, or add warmup (warmup_epochs)")
+    summary.update(survived=False, status="diverged", diverged_at=dict(epoch=epoch + 1, step=step + 1, lr=lr))
+    if run.main:
+        write_json(run.folder / RunFolder.SUMMARY, summary)
+    raise TrainingDiverged(msg)
 
 
-def _save(out: Path, model: nn.Module, opt, sched, ema, epoch: int, history: list[dict], cfg: TrainConfig,
-          device: torch.device) -> None:
-    meta = {"architecture": cfg.model, "epoch": str(epoch), "format": "pt"}
-    state = dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch,
-                 history=history, config=cfg.to_dict(), rng_cpu=torch.get_rng_state())
-    if ema is not None:
-        state["ema"] = ema.module.state_dict()
-    if device.type == "cuda":
-        state["rng_cuda"] = torch.cuda.get_rng_state()
-    save_state(out / "state.pt", state)
-    save_weights(out / "model.safetensors", model.state_dict(), meta)
-    if ema is not None:
-        save_weights(out / "model_ema.safetensors", ema.module.state_dict(), meta)
-    atomic_write(out / "metrics.jsonl", lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in history)))
+def _evaluate(run: _Run, row: dict[str, Any]) -> None:
+    """Evaluate every ``eval_every`` epochs and after the last (never with ``eval_every=0``)."""
+    cfg, epoch = run.cfg, row["epoch"]
+    if run.eval_data is None or (epoch % cfg.eval_every and epoch != cfg.epochs):
+        return
+    autocast = cfg.amp == "bf16" and run.device.type == "cuda"
+    res = evaluate(run.model, run.eval_data, autocast=autocast)
+    row.update({f"{run.eval_split}_acc": res["top1"], f"{run.eval_split}_loss": res["loss"]})
+    if run.ema is not None:
+        row[f"{run.eval_split}_acc_ema"] = evaluate(run.ema.module, run.eval_data, autocast=autocast)["top1"]
+
+
+# ---- save and finish -------------------------------------------------------------------------------
+
+def _summary(cfg: dict[str, Any], history: list[dict[str, Any]], fields: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json``: the run's status (in ``fields``) and what the history says about it."""
+    hardware = list(dict.fromkeys(r["device"] for r in history if "device" in r))
+    out = dict(model=cfg["model"], dataset=cfg["dataset"], survived=True,
+               epochs_done=history[-1]["epoch"] if history else 0, hardware=hardware,
+               gpu_minutes=round(sum(r["epoch_time_s"] for r in history if r.get("device", "cpu") != "cpu") / 60, 2))
+    out.update(fields)
+    if out["status"] == "finished" and history:
+        out["final"] = history[-1]
+        if "test_acc" in history[-1]:
+            out["test_acc"] = history[-1]["test_acc"]
+    return out
+
+
+def _write_exports(folder: RunFolder, state: RunState, summary: dict[str, Any] | None) -> None:
+    """Everything in a run folder besides its state, derived from the state alone; the summary and
+    curves only when the run stops (``summary`` given): a folder without a summary is still training."""
+    meta = {"architecture": state.config["model"], "epoch": str(state.epoch), "format": "pt"}
+    save_weights(folder / RunFolder.WEIGHTS, state.model, meta)
+    if state.ema:
+        save_weights(folder / RunFolder.EMA_WEIGHTS, state.ema, meta)
+    folder.write_metrics(state.history)
+    (folder / RunFolder.CONFIG).write_text(yaml.safe_dump(state.config, sort_keys=False))
+    if summary is None:
+        return
+    write_json(folder / RunFolder.SUMMARY, summary)
+    if state.history:
+        try:
+            from .plots import plot_curves
+            title = f"{state.config['model']} on {state.config['dataset']}"
+            plot_curves(state.history, folder / RunFolder.CURVES, title)
+        except ImportError as e:  # a bare GPU machine without matplotlib: export_run plots later
+            print(f"warning: no curves.png ({e}); plot later with wnzoo.training.export_run", flush=True)
 
 
 def _tensorboard(out: Path):
@@ -276,3 +296,132 @@ def _tensorboard(out: Path):
     except ImportError:
         return None
     return SummaryWriter(str(out / "tb"))
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, time_limit_s: float | None = None,
+          progress: bool = True, export: bool = True, log_epochs: bool | None = None) -> dict[str, Any]:
+    """Train ``cfg`` into ``out_dir``; returns the run summary.
+
+    ``progress`` shows a progress bar, ``log_epochs`` (default: ``progress``) prints a line per epoch.
+    ``time_limit_s`` stops cleanly after the last epoch that fits (status ``'paused'``), for
+    time-boxed jobs; ``--resume`` continues. With ``export=False`` the folder gets only its state
+    file (and ``summary.json`` if the run diverges), for jobs whose output must stay small;
+    :func:`export_run` writes the rest later. Raises :class:`TrainingDiverged` on NaN/inf.
+    """
+    t_start = time.time()
+    if time_limit_s is not None and not time_limit_s > 0:
+        raise ConfigError(f"the time limit must be a positive number of minutes, got {time_limit_s / 60!r}")
+    folder = RunFolder(out_dir)
+    run = _build(cfg, folder, _open_state(folder, cfg, resume))
+    writer = _tensorboard(folder.path) if run.main and export else None
+    summary = dict(survived=True, status="running", eval_split=run.eval_split, world_size=run.world,
+                   device=str(run.device))
+    status, state = "finished", None
+    for epoch in range(run.start_epoch, cfg.epochs):
+        t0 = time.time()
+        row = _train_epoch(run, epoch, summary, progress)
+        _evaluate(run, row)
+        run.history.append(row)
+        if run.main:
+            state = RunState.capture(run.model, run.opt, run.ema.module if run.ema else None, epoch + 1,
+                                     cfg.to_dict(), run.history)
+            state.save(folder.state)
+            if export:
+                _write_exports(folder, state, None)
+            if writer is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        writer.add_scalar(k, v, epoch + 1)
+            if progress if log_epochs is None else log_epochs:
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                      flush=True)
+        if run.world > 1:
+            dist.barrier()
+        elapsed = time.time() - t_start
+        if time_limit_s is not None and epoch + 1 < cfg.epochs and elapsed + (time.time() - t0) * 1.1 > time_limit_s:
+            status = "paused"
+            break
+    summary = _summary(cfg.to_dict(), run.history, dict(summary, status=status, compile_used=run.step.mode,
+                                                        seconds_this_session=time.time() - t_start))
+    if run.main and export and run.history:
+        _write_exports(folder, state or folder.read_state(), summary)
+    if writer is not None:
+        writer.close()
+    return summary
+
+
+def export_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
+               device: str = "cpu") -> dict[str, Any]:
+    """Write a run folder's weights, metrics, config, summary and curves from its state file alone.
+
+    For runs trained with ``export=False`` (time-boxed jobs). A finished run whose training did not
+    evaluate (``eval_every=0``) is evaluated here, on the test split from ``data`` (default: the
+    run's own data source), with the final weights: the number a card would state.
+    """
+    folder = RunFolder(run_dir)
+    if not folder.has_state():
+        raise FileNotFoundError(f"{folder.state} not found: {folder.path} is not a run folder")
+    state = folder.read_state()
+    cfg = TrainConfig.from_dict(state.config)
+    on_gpu = any(r.get("device", "cpu") != "cpu" for r in state.history)
+    status = "finished" if state.epoch >= cfg.epochs else "paused"
+    extra: dict[str, Any] = dict(status=status, world_size=1, device="cuda" if on_gpu else "cpu")
+    last = state.history[-1] if state.history else {}
+    if status == "finished" and not cfg.val_split and "test_acc" not in last:
+        try:
+            test = load_test_data(data if data is not None else cfg.data, cfg.dataset, device)
+        except DataError as e:
+            if data is not None:
+                raise
+            print(f"warning: the final weights are not evaluated: {e}. Pass the test data (--data)", flush=True)
+        else:
+            model = create_model(cfg.model, num_classes=None)
+            model.load_state_dict(state.model)
+            res = evaluate(model.to(device), test)
+            extra.update(eval_split="test", test_acc=res["top1"], test_loss=res["loss"], test_measured_by="export_run")
+    summary = _summary(state.config, state.history, extra)
+    _write_exports(folder, state, summary)
+    return summary
+
+
+def throughput(cfg: TrainConfig, seconds: float = 5.0, warmup_steps: int = 5, images: int = 2560,
+               ready: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Training images per second of ``cfg``'s step, as ``train`` runs it, on random CIFAR-shaped data.
+
+    The first ``warmup_steps`` steps (where compiling and graph capture happen) are timed apart as
+    ``warmup_s``; then ``ready()`` is called (a barrier, when several processes are measured at
+    once) and steps run for ``seconds``. Compiling here fills the compiler's on-disk caches, so a
+    training run of the same recipe that follows on the machine starts faster.
+    """
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (images, 32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
+    labels = torch.randint(0, 10, (images,), generator=gen).numpy()
+    rank, world, device = _setup_device(cfg)
+    data = DeviceData.from_arrays(pixels, labels, cfg.dataset, device, seed=cfg.seed, cutout=cfg.cutout,
+                                  channels_last=cfg.channels_last)
+    run = _build(cfg, None, None, train_data=data)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    run.model.train()
+
+    def steps(n: int, epoch: int) -> int:
+        done = 0
+        while done < n:
+            for x, y in data.batches(epoch, cfg.batch_size, train=True):
+                run.step(x, y, cfg.lr)
+                done += 1
+                if done == n:
+                    break
+        sync()
+        return done
+
+    t0 = time.time()
+    steps(warmup_steps, 0)
+    warmup_s = time.time() - t0
+    if ready is not None:
+        ready()
+    done, t0 = 0, time.time()
+    while time.time() - t0 < seconds:
+        done += steps(20, 1 + done // 20)
+    elapsed = time.time() - t0
+    return dict(img_per_s=done * cfg.batch_size / elapsed, warmup_s=warmup_s, steps=done, mode=run.step.mode,
+                hardware=hardware_name(device))

@@ -1,0 +1,109 @@
+"""Time-boxed jobs: a queue of runs within a budget, state-only folders, resume across jobs, the probe."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from wnzoo.training import export_run, load_config, train
+from wnzoo.training.timebox import exit_code, results_rows, run_queue
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A CIFAR-shaped training split of 256 images (no test split: a training machine may lack it)
+    and two recipes, a WN ResNet-20 and its BN twin, for 2 epochs without evaluation."""
+    d = tmp_path_factory.mktemp("timebox")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 256)
+    np.savez(d / "train.npz", images=rng.integers(0, 256, (256, 32, 32, 3)).astype(np.uint8), labels=labels)
+    for arch in ("wn", "bn"):
+        (d / f"{arch}_tiny.yaml").write_text(yaml.safe_dump(dict(
+            model=f"{arch}_resnet20", data=str(d), epochs=2, batch_size=64, lr=0.05, warmup_epochs=1,
+            schedule="cosine", log_every=2, channels_last=False, eval_every=0)))
+    return d
+
+
+def _states_equal(a: Path, b: Path) -> bool:
+    x, y = load_file(a), load_file(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_a_queue_trains_in_parallel_pauses_at_the_budget_and_resumes_exactly(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    configs = [tiny / "wn_tiny.yaml", tiny / "bn_tiny.yaml"]
+    out, log = tmp_path / "job", io.StringIO()
+    # A budget far below one epoch: each run pauses after its first epoch.
+    runs = run_queue(configs, out, minutes=1e-3, parallel=2, min_start_s=0, echo=log)
+    assert [(r.name, r.status, r.epochs_after) for r in runs] == [("wn_tiny", "paused", 1), ("bn_tiny", "paused", 1)]
+    assert sorted(p.name for p in (out / "wn_tiny").iterdir()) == ["state.safetensors"]  # nothing else to carry
+    assert "[wn_tiny] epoch=1" in log.getvalue() and "[bn_tiny] epoch=1" in log.getvalue()
+    assert (out / "job.log").read_text().count("[job] start") == 2
+    assert exit_code(runs) == 0
+    rows = results_rows(runs)
+    assert len(rows) == 2 and rows[0].startswith("| cpu | wn_tiny | 0 → 1 of 2 |")
+    # The same command again continues both runs; a third time there is nothing left to do.
+    runs = run_queue(configs, out, minutes=5, parallel=1, echo=None)
+    assert [(r.status, r.epochs_before, r.epochs_after) for r in runs] == [("finished", 1, 2)] * 2
+    again = run_queue(configs, out, minutes=5, echo=None)
+    assert [r.returncode for r in again] == [None, None] and (out / "job.log").read_text().count("[job] start") == 4
+    # Bit-exact with one uninterrupted run of the same recipe.
+    ref = tmp_path / "ref"
+    train(load_config(configs[0]), ref, progress=False, export=False)
+    assert _states_equal(ref / "state.safetensors", out / "wn_tiny" / "state.safetensors")
+    summary = export_run(out / "bn_tiny")
+    assert summary["status"] == "finished" and "test_acc" not in summary  # the training folder has no test split
+    assert (out / "bn_tiny" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_past_the_budget_is_stopped_and_a_diverged_run_does_not_stop_the_queue(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    bad = tmp_path / "wn_diverges.yaml"
+    bad.write_text(yaml.safe_dump(dict(yaml.safe_load((tiny / "wn_tiny.yaml").read_text()), lr=1e5,
+                                       warmup_epochs=0)))
+    runs = run_queue([bad, tiny / "bn_tiny.yaml"], tmp_path / "job", minutes=5, echo=None)
+    assert [r.status for r in runs] == ["diverged", "finished"] and exit_code(runs) == 3
+    assert "training diverged" in (tmp_path / "job" / "job.log").read_text()
+    # No time at all to finish an epoch: the run is stopped after the grace period, with no state.
+    runs = run_queue([tiny / "wn_tiny.yaml"], tmp_path / "late", minutes=0.01, grace_s=0.5, min_start_s=0, echo=None)
+    assert runs[0].status == "stopped" and runs[0].epochs_after == 0
+    assert not (tmp_path / "late" / "wn_tiny" / "state.safetensors").exists()
+
+
+def test_cli_checks_every_recipe_before_starting(tiny, tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "train" / "timebox.py"), str(tiny / "wn_tiny.yaml"),
+                        str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "job"), "--time-limit", "1"],
+                       env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "missing.yaml does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "job").exists()
+    r = subprocess.run([sys.executable, str(REPO / "train" / "timebox.py"), str(tiny / "wn_tiny.yaml"),
+                        "--out", str(tmp_path / "job"), "--time-limit", "0"], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "positive number of minutes" in r.stderr
+
+
+@pytest.mark.slow
+def test_probe_measures_each_mode_and_several_runs_at_once(tiny, tmp_path):
+    results = tmp_path / "results.md"
+    results.write_text("# results\n")
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_probe.py"), "-c", str(tiny / "wn_tiny.yaml"),
+                        "--modes", "none", "--runs", "1,2", "--seconds", "0.5", "--set", "device=cpu",
+                        "--results", str(results)], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = results.read_text()
+    assert text.startswith("# results\n") and "### Probe" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| cpu | wn_resnet20 | 64 | none |")]
+    assert [ln.split(" | ")[4] for ln in rows] == ["1", "2"], text
+    assert rows[0].split(" | ")[7] == "1.00×"

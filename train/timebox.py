@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Train a queue of recipes within a wall-clock budget (spot instances, cluster time limits).
+
+    python train/timebox.py configs/A.yaml configs/B.yaml --out runs/job --time-limit 50 [--parallel 2]
+                            [--set device=cuda compile=reduce-overhead eval_every=0] [--results FILE]
+
+Each run trains into OUT/<recipe name> and writes only its state file, after every epoch; run the
+same command again to continue every run where it stopped. Then, on any machine:
+python train/train.py --export OUT/<recipe name> writes its weights, metrics, summary and curves.
+Exit codes: 0 every run finished or paused, 2 bad input (or a run failed), 3 a run diverged, 130 interrupted.
+"""
+import argparse
+import sys
+import time
+
+from wnzoo.data import DataError
+from wnzoo.training.config import ConfigError
+from wnzoo.training.timebox import DEFAULT_GRACE_S, RESULTS_HEADER, exit_code, results_rows, run_queue
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("configs", nargs="+", help="recipe YAMLs, trained in this order")
+    ap.add_argument("--out", required=True, help="folder of the run folders (one per recipe) and job.log")
+    ap.add_argument("--time-limit", type=float, required=True, metavar="MIN", help="wall-clock budget in minutes")
+    ap.add_argument("--parallel", type=int, default=1, help="runs trained at once (default 1)")
+    ap.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
+                    help="config overrides for every run (e.g. data=..., device=cuda, compile=reduce-overhead)")
+    ap.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="S",
+                    help=f"seconds past the budget before running epochs are abandoned (default {DEFAULT_GRACE_S:.0f})")
+    ap.add_argument("--log", help="job log (default OUT/job.log)")
+    ap.add_argument("--results", help="append a markdown row per run (speed, minutes) to this file")
+    args = ap.parse_args(argv)
+    try:
+        runs = run_queue(args.configs, args.out, args.time_limit, parallel=args.parallel, overrides=args.set,
+                         log=args.log, grace_s=args.grace)
+    except (ConfigError, DataError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; every run keeps its last finished epoch in {args.out}. Continue with the same command.",
+              file=sys.stderr)
+        return 130
+    rows = results_rows(runs)
+    if args.results and rows:
+        with open(args.results, "a") as f:
+            f.write(f"\n### Training, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{RESULTS_HEADER}\n"
+                    + "\n".join(rows) + "\n")
+    return exit_code(runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
