@@ -106,4 +106,4 @@ def test_probe_measures_each_mode_and_several_runs_at_once(tiny, tmp_path):
     assert text.startswith("# results\n") and "### Probe" in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| cpu | wn_resnet20 | 64 | none |")]
     assert [ln.split(" | ")[4] for ln in rows] == ["1", "2"], text
-    assert rows[0].split(" | ")[7] == "1.00×"
+    assert rows[0].split(" | ")[7] == "1.00×" and "s in all" in text

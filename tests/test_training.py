@@ -247,9 +247,11 @@ def test_run_state_is_one_small_safetensors_file_with_momentum(tmp_path):
         assert f.metadata()["format"] == "wnzoo.run-state.v1"
         assert sum(k.startswith("momentum.") for k in f.keys()) == len(list(model.parameters()))
     state = RunState.load(path)
-    other = create_model("wn_resnet110")
+    other = create_model("wn_resnet110").to(memory_format=torch.channels_last)  # as the loop trains it
     opt2 = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
     state.restore(other, opt2, None)
+    for q in other.parameters():  # CUDA's fused SGD requires the buffer in the parameter's layout
+        assert opt2.state[q]["momentum_buffer"].stride() == q.stride()
     assert state.epoch == 3 and state.history == [dict(epoch=3)]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
     for p, q in zip(model.parameters(), other.parameters()):
@@ -261,23 +263,26 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch):
     from wnzoo import create_model
 
     def broken_compile(module, mode=None):
-        def run(*a):
+        def run(*a):  # fails after the forward ran, as a compiler failing in backward would
+            module(*a)
             raise RuntimeError("backend exploded")
         return run
 
     monkeypatch.setattr(step_mod.torch, "compile", broken_compile)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    losses = []
+    losses, stats = [], []
     for mode in ("none", "reduce-overhead"):
         torch.manual_seed(0)
-        model = create_model("wn_resnet20")
+        model = create_model("bn_resnet20")
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         step = step_mod.TrainStep(model, model, opt, compile=mode)
         with pytest.warns(RuntimeWarning, match="backend exploded.*continuing eagerly") if mode != "none" else \
                 contextlib.nullcontext():
             losses.append([step(x, y, 0.1)[0].item() for _ in range(3)])
         assert step.mode == "none"
+        stats.append(model.state_dict())
     assert losses[0] == losses[1]
+    assert all(torch.equal(stats[0][k], stats[1][k]) for k in stats[0])  # BN statistics updated once per step
 
 
 @pytest.mark.slow

@@ -295,7 +295,7 @@ class DeviceData:
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
 
     def epoch_randomness(self, epoch: int) -> dict[str, torch.Tensor]:
-        """Every random draw of a training epoch, made at once and moved to the device in one copy.
+        """Every random draw of a training epoch, made at its start and moved to the device then.
 
         Drawing per step would cost a host-to-device copy, and with it a stream sync, every step.
         The draws come from a CPU generator seeded by ``(seed, epoch)`` (1_000_003 is a prime above

@@ -89,7 +89,8 @@ class RunState:
         if unknown:
             raise StateError(f"the state has momentum for parameters the model lacks: {sorted(unknown)[:3]}")
         for name, buf in self.momentum.items():
-            opt.state[params[name]]["momentum_buffer"] = buf.to(params[name].device, params[name].dtype)
+            # In the parameter's own layout (channels_last): CUDA's fused SGD requires equal strides.
+            opt.state[params[name]]["momentum_buffer"] = torch.empty_like(params[name]).copy_(buf)
         if ema is not None:
             ema.load_state_dict(self.ema)
 

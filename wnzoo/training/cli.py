@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from ..data import DataError
@@ -35,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     ap.add_argument("--time-limit", type=float, default=None, metavar="MIN",
                     help="stop cleanly after the last epoch that fits in MIN minutes (resume later)")
+    ap.add_argument("--until", type=float, default=None, metavar="UNIX_TIME",
+                    help="like --time-limit, up to a wall-clock time in seconds since 1970 (for job schedulers)")
     ap.add_argument("--state-only", action="store_true",
                     help="write only the run's state file each epoch (time-boxed jobs); --export writes the rest")
     ap.add_argument("--export", metavar="DIR", help="write the weights, metrics, summary and curves of the run "
@@ -55,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = load_config(args.config, args.set)
         out = Path(args.out or Path("runs") / (Path(args.config).stem if args.config else cfg.model))
+        limit = args.time_limit * 60 if args.time_limit is not None else None
+        if args.until is not None:  # counted from now, after the imports, as the scheduler means it
+            limit = min(limit or float("inf"), max(args.until - time.time(), 1e-3))
         summary = train(cfg, out, resume=args.resume, progress=not args.quiet, log_epochs=True,
-                        export=not args.state_only,
-                        time_limit_s=args.time_limit * 60 if args.time_limit is not None else None)
+                        export=not args.state_only, time_limit_s=limit)
     except (ConfigError, DataError, StateError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ randomness at its start; the step (``wnzoo.training.step``) returns device tenso
 syncs only every ``log_every`` steps (progress bar, NaN check). After every epoch the run's one
 state file is written atomically (``wnzoo.training.checkpoint``). Since an epoch's randomness is a
 function of ``(seed, epoch)`` and the learning rate one of the step, ``--resume`` after a crash
-(even SIGKILL) replays exactly what an uninterrupted run would have done.
+(even SIGKILL) replays exactly what an uninterrupted run would have done (bit for bit on a CPU;
+on a GPU up to the float noise that cuDNN's autotuning and atomic adds leave between any two runs).
 Several processes (``torchrun``) use DistributedDataParallel: each takes its slice of the same
 global batch, which keeps results equal to a single process with that batch.
 """
@@ -341,7 +342,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, ti
         if time_limit_s is not None and epoch + 1 < cfg.epochs and elapsed + (time.time() - t0) * 1.1 > time_limit_s:
             status = "paused"
             break
-    summary = _summary(cfg.to_dict(), run.history, dict(summary, status=status, compile_used=run.step.mode,
+    summary = _summary(cfg.to_dict(), run.history, dict(summary, status=status, compile_used=run.step.used,
                                                         seconds_this_session=time.time() - t_start))
     if run.main and export and run.history:
         _write_exports(folder, state or folder.read_state(), summary)
@@ -394,6 +395,7 @@ def throughput(cfg: TrainConfig, seconds: float = 5.0, warmup_steps: int = 5, im
     training run of the same recipe that follows on the machine starts faster.
     """
     gen = torch.Generator().manual_seed(0)
+    images = max(images, 20 * cfg.batch_size)  # batches of 20 steps per pass
     pixels = torch.randint(0, 256, (images, 32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
     labels = torch.randint(0, 10, (images,), generator=gen).numpy()
     rank, world, device = _setup_device(cfg)
@@ -423,5 +425,5 @@ def throughput(cfg: TrainConfig, seconds: float = 5.0, warmup_steps: int = 5, im
     while time.time() - t0 < seconds:
         done += steps(20, 1 + done // 20)
     elapsed = time.time() - t0
-    return dict(img_per_s=done * cfg.batch_size / elapsed, warmup_s=warmup_s, steps=done, mode=run.step.mode,
+    return dict(img_per_s=done * cfg.batch_size / elapsed, warmup_s=warmup_s, steps=done, mode=run.step.used,
                 hardware=hardware_name(device))

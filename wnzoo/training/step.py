@@ -49,6 +49,14 @@ class TrainStep:
         self.forward = self.eager if compile == "none" else torch.compile(self.eager, mode=compile)
         self._unproven = 0 if compile == "none" else 3
 
+    @property
+    def used(self) -> str:
+        """The mode in effect: ``self.mode``, marked when the compiler ran without CUDA graphs on a GPU
+        (it skips them, e.g., for a graph it cannot capture) so a slow run says why."""
+        if self.graphs and torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0):
+            return f"{self.mode} (CUDA graphs skipped)"
+        return self.mode
+
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graphs:  # a new iteration: the previous replay's outputs may now be overwritten
             torch.compiler.cudagraph_mark_step_begin()
@@ -61,6 +69,7 @@ class TrainStep:
         for group in self.opt.param_groups:
             group["lr"] = lr
         if self._unproven:  # the compiler runs in the first calls (forward, backward, graph capture)
+            buffers = {k: b.clone() for k, b in self.model.named_buffers()}  # BN statistics before the step
             try:
                 loss, correct = self._forward_backward(x, y)
                 self._unproven -= 1
@@ -69,6 +78,9 @@ class TrainStep:
             except Exception as e:  # noqa: BLE001 - any compiler failure: the eager step computes the same
                 warnings.warn(f"compile={self.mode!r} failed ({type(e).__name__}: "
                               f"{(str(e).splitlines() or [''])[0][:200]}); continuing eagerly", RuntimeWarning)
+                with torch.no_grad():  # a compiled forward may have run before the failure
+                    for k, b in self.model.named_buffers():
+                        b.copy_(buffers[k])
                 self.forward, self.mode, self.graphs, self._unproven = self.eager, "none", False, 0
                 loss, correct = self._forward_backward(x, y)
         else:

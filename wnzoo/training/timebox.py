@@ -30,8 +30,9 @@ __all__ = ["QueuedRun", "run_queue", "format_job", "results_rows", "exit_code", 
 # Seconds a run may overrun the budget before it is stopped: its last epoch may run over the
 # estimate (its first epoch includes compiling), and a stopped run loses that epoch.
 DEFAULT_GRACE_S = 45.0
-# A run is not started with less than this many seconds left: it could not finish an epoch.
-MIN_START_S = 20.0
+# A run is not started with less than this many seconds left: its first epoch includes compiling
+# (and graph capture), and an epoch cut off by the budget is lost.
+MIN_START_S = 60.0
 
 
 @dataclass
@@ -81,16 +82,23 @@ def _pump(stream: IO[str], prefix: str, sinks: list[IO[str]], lock: threading.Lo
                 sink.flush()
 
 
+def _signal(p: subprocess.Popen, sig: int) -> None:
+    """``sig`` to the run's whole process group: its compile workers too."""
+    try:
+        os.killpg(p.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _stop(procs: dict[str, subprocess.Popen], wait_s: float = 10.0) -> None:
     for p in procs.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+        _signal(p, signal.SIGTERM)
     end = time.time() + wait_s
     for p in procs.values():
         try:
             p.wait(max(0.1, end - time.time()))
         except subprocess.TimeoutExpired:
-            p.kill()
+            _signal(p, signal.SIGKILL)
             p.wait()
 
 
@@ -134,14 +142,14 @@ def run_queue(configs: Sequence[str | os.PathLike], out: str | os.PathLike, minu
                 left = deadline - time.time()
                 while queue and len(procs) < parallel and left > min_start_s:
                     run = queue.pop(0)
-                    cmd = [sys.executable, "-m", "wnzoo.training.cli", *run.cmd_args,
-                           "--time-limit", f"{left / 60:.6g}", *(["--set", *overrides] if overrides else [])]
+                    cmd = [sys.executable, "-m", "wnzoo.training.cli", *run.cmd_args, "--until", f"{deadline:.3f}",
+                           *(["--set", *overrides] if overrides else [])]
                     with lock:
                         for sink in sinks:
                             sink.write(f"[job] start {run.name} at epoch {run.epochs_before}/{run.config.epochs}, "
                                        f"{left / 60:.1f} min left\n")
                     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                         start_new_session=True)
+                                         errors="replace", start_new_session=True)
                     procs[run.name] = p
                     pumps.append(threading.Thread(target=_pump, args=(p.stdout, run.name, sinks, lock), daemon=True))
                     pumps[-1].start()
@@ -151,14 +159,15 @@ def run_queue(configs: Sequence[str | os.PathLike], out: str | os.PathLike, minu
                     with lock:
                         for sink in sinks:
                             sink.write(f"[job] budget over by {grace_s:.0f} s: stopping {sorted(procs)}\n")
-                    for name in procs:
-                        by_name[name].status = "stopped"
+                    for name, p in procs.items():
+                        if p.poll() is None:
+                            by_name[name].status = "stopped"
                     _stop(procs)
                     for name, p in procs.items():
                         by_name[name].returncode = p.returncode
                     procs.clear()
                 time.sleep(0.2)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or a run that cannot start: no run is left behind
             _stop(procs)
             raise
         finally:
@@ -184,7 +193,7 @@ def _settle(run: QueuedRun) -> None:
         run.status = "not started"
     elif run.returncode == 3:
         run.status = "diverged"
-    elif run.status == "stopped":
+    elif run.status == "stopped" and run.returncode != 0:
         pass
     elif run.returncode == 0:
         run.status = "finished" if run.epochs_after >= run.config.epochs else "paused"
