@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             for n in (counts if i == 0 and mode == modes[-1] else [1]):
                 if time.time() > until:
-                    r = dict(config=config, mode=mode, runs=n, error=f"not run: the {args.budget:.0f} s budget is spent")
+                    spent = f"not run: the {args.budget:.0f} s budget is spent"
+                    r = dict(config=config, mode=mode, runs=n, error=spent)
                 else:
                     r = measure(config, mode, n, args.seconds, args.set, until)
                 if "img_per_s" in r and r["mode_used"] == "none" and n == 1:
