@@ -34,8 +34,7 @@ DEFAULT_CONFIGS = [str(REPO / "configs" / "wn_resnet110_c10_proposed_warmup.yaml
 
 def _worker(config: str, mode: str, seconds: float, overrides: list[str]) -> None:
     """One measuring process: warm up, say READY, wait for a line on stdin, measure, print RESULT."""
-    from wnzoo.training import load_config
-    from wnzoo.training.loop import throughput
+    from wnzoo.training import load_config, throughput
 
     cfg = load_config(config, [*overrides, f"compile={mode}"])
 

@@ -102,12 +102,14 @@ class RunState:
         atomic_write(path, lambda p: save_file(tensors, p, metadata=meta))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "RunState":
+    def load(cls, path: str | os.PathLike, tensors: bool = True) -> "RunState":
+        """The state in ``path``; with ``tensors=False`` only its header (epoch, config, history),
+        which reads a few kilobytes instead of the whole file."""
         path = Path(path)
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
-            tensors = load_file(path)
+            weights = load_file(path) if tensors else {}
         except (SafetensorError, OSError, ValueError) as e:
             raise StateError(f"{path} is not a readable run state ({e}); it is damaged: restore a copy, or "
                              f"move it aside to start the run anew") from e
@@ -115,7 +117,7 @@ class RunState:
             raise StateError(f"{path} is not a wnzoo run state (format {meta.get('format')!r}, expected "
                              f"{STATE_FORMAT!r})")
         groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "momentum": {}, "ema": {}}
-        for key, t in tensors.items():
+        for key, t in weights.items():
             group, _, name = key.partition(".")
             groups[group][name] = t
         return cls(int(meta["epoch"]), json.loads(meta["config"]), json.loads(meta["history"]), **groups)
@@ -145,8 +147,12 @@ class RunFolder:
     def has_state(self) -> bool:
         return self.state.is_file()
 
-    def read_state(self) -> RunState:
-        return RunState.load(self.state)
+    def read_state(self, tensors: bool = True) -> RunState:
+        return RunState.load(self.state, tensors)
+
+    def epochs_done(self) -> int:
+        """Epochs the state holds (0 without a state), from its header only."""
+        return self.read_state(tensors=False).epoch if self.has_state() else 0
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         atomic_write(self / self.METRICS, lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in history)))

@@ -52,17 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     out = None
     try:
         if args.export:
-            summary = export_run(args.export, data=args.data)
-            acc = f"  test top-1 {summary['test_acc']:.2f}%" if "test_acc" in summary else ""
-            print(f"{summary['status']} ({summary['epochs_done']} epochs): {args.export}{acc}")
-            return 0
-        cfg = load_config(args.config, args.set)
-        out = Path(args.out or Path("runs") / (Path(args.config).stem if args.config else cfg.model))
-        limit = args.time_limit * 60 if args.time_limit is not None else None
-        if args.until is not None:  # counted from now, after the imports, as the scheduler means it
-            limit = min(limit or float("inf"), max(args.until - time.time(), 1e-3))
-        summary = train(cfg, out, resume=args.resume, progress=not args.quiet, log_epochs=True,
-                        export=not args.state_only, time_limit_s=limit)
+            summary, out = export_run(args.export, data=args.data), Path(args.export)
+        else:
+            cfg = load_config(args.config, args.set)
+            out = Path(args.out or Path("runs") / (Path(args.config).stem if args.config else cfg.model))
+            limit = args.time_limit * 60 if args.time_limit is not None else None
+            if args.until is not None:  # counted from now, after the imports, as the scheduler means it
+                limit = min(limit or float("inf"), max(args.until - time.time(), 1e-3))
+            summary = train(cfg, out, resume=args.resume, progress=not args.quiet, log_epochs=True,
+                            export=not args.state_only, time_limit_s=limit)
     except (ConfigError, DataError, StateError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -70,14 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        if out is not None:
+        if out is not None and not args.export:
             cmd = " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
             resume = "" if args.resume else " --resume"
             print(f"\ninterrupted; the last finished epoch is saved in {out}. Continue with: python {cmd}{resume}",
                   file=sys.stderr)
         return 130
     acc = f"  test top-1 {summary['test_acc']:.2f}%" if "test_acc" in summary else ""
-    print(f"{summary['status']} ({summary['epochs_done']}/{cfg.epochs} epochs): {out}{acc}")
+    print(f"{summary['status']} ({summary['epochs_done']} epochs): {out}{acc}")
     return 0
 
 

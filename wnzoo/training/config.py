@@ -60,14 +60,12 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "bf16"                  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True
-    compile: str = "none"              # one of COMPILE_MODES; true/false mean "default"/"none"
+    compile: str = "none"              # one of COMPILE_MODES; in YAML, true/false mean "default"/"none"
     eval_every: int = 1                # epochs between evaluations (and the last); 0: never (no test split needed)
     log_every: int = 50                # steps between host syncs (progress bar, NaN check)
     notes: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.compile, bool):  # the 0.1 config key was a bool
-            self.compile = "default" if self.compile else "none"
         for key, choices in _CHOICES.items():
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not valid; choose one of {list(choices)}")
@@ -104,6 +102,8 @@ class TrainConfig:
         unknown = sorted(set(d) - set(valid))
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
+        if isinstance(d.get("compile"), bool):  # wnzoo 0.1's compile key was a bool
+            d = dict(d, compile="default" if d["compile"] else "none")
         out = {}
         for k, v in d.items():
             out[k] = _coerce(k, v, valid[k].default if valid[k].default is not dataclasses.MISSING else [])
@@ -132,7 +132,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, list):
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r}")
-    elif isinstance(default, str) and not isinstance(value, str) and not (key == "compile" and isinstance(value, bool)):
+    elif isinstance(default, str) and not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value
 

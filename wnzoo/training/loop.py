@@ -63,6 +63,8 @@ class _Run:
     opt: torch.optim.Optimizer
     schedule: LRSchedule
     step: TrainStep
+    autocast: bool  # bf16 autocast, for training and evaluation alike
+    hardware: str   # the name each history row records
     ema: Any = None
     start_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -127,17 +129,18 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=rest, weight_decay=0.0)]
 
 
+DataSource = Callable[[TrainConfig, torch.device], tuple[DeviceData, "DeviceData | None", "str | None"]]
+
+
 def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
-           train_data: DeviceData | None = None) -> _Run:
-    """Data (``cfg.data``, unless ``train_data`` is given), model (initialized, or restored from
+           load_data: DataSource = _load_data) -> _Run:
+    """Data (``load_data``: from ``cfg.data`` by default), model (initialized, or restored from
     ``state``), optimizer, schedule and step."""
     rank, world, device = _setup_device(cfg)
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
     torch.manual_seed(cfg.seed)
-    eval_data = eval_split = None
-    if train_data is None:
-        train_data, eval_data, eval_split = _load_data(cfg, device)
+    train_data, eval_data, eval_split = load_data(cfg, device)
     init_batch = None
     if cfg.init == "datadep" and state is None:  # the first training batch, as the authors' code uses
         init_batch = next(train_data.batches(0, cfg.batch_size, train=True))[0].cpu().contiguous()
@@ -156,14 +159,15 @@ def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_amp = cfg.amp == "bf16" and device.type == "cuda"
-    step = TrainStep(model, net, opt, compile=cfg.compile, autocast=use_amp, label_smoothing=cfg.label_smoothing,
+    autocast = cfg.amp == "bf16" and device.type == "cuda"
+    step = TrainStep(model, net, opt, compile=cfg.compile, autocast=autocast, label_smoothing=cfg.label_smoothing,
                      grad_clip=cfg.grad_clip, ema=ema)
     schedule = LRSchedule(cfg.lr, cfg.epochs, train_data.num_batches(cfg.batch_size, drop_last=True),
                           cfg.warmup_epochs, cfg.warmup_lr, cfg.warmup_shape, cfg.schedule, tuple(cfg.milestones),
                           cfg.gamma)
-    return _Run(cfg, folder, device, rank, world, train_data, eval_data, eval_split, model, opt, schedule, step, ema,
-                start_epoch=state.epoch if state else 0, history=list(state.history) if state else [])
+    return _Run(cfg, folder, device, rank, world, train_data, eval_data, eval_split, model, opt, schedule, step,
+                autocast, hardware_name(device), ema, start_epoch=state.epoch if state else 0,
+                history=list(state.history) if state else [])
 
 
 def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool) -> RunState | None:
@@ -223,7 +227,7 @@ def _train_epoch(run: _Run, epoch: int, summary: dict[str, Any], progress: bool 
     seen = steps * cfg.batch_size // run.world
     return dict(epoch=epoch + 1, lr=run.schedule.lr_at((epoch + 1) * steps - 1), train_loss=losses.mean().item(),
                 train_acc=100.0 * correct.item() / seen, epoch_time_s=train_time,
-                img_per_s=steps * cfg.batch_size / train_time, device=hardware_name(run.device))
+                img_per_s=steps * cfg.batch_size / train_time, device=run.hardware)
 
 
 def _check_finite(run: _Run, losses: torch.Tensor, epoch: int, first_step: int, summary: dict[str, Any]) -> None:
@@ -247,11 +251,10 @@ def _evaluate(run: _Run, row: dict[str, Any]) -> None:
     cfg, epoch = run.cfg, row["epoch"]
     if run.eval_data is None or (epoch % cfg.eval_every and epoch != cfg.epochs):
         return
-    autocast = cfg.amp == "bf16" and run.device.type == "cuda"
-    res = evaluate(run.model, run.eval_data, autocast=autocast)
+    res = evaluate(run.model, run.eval_data, autocast=run.autocast)
     row.update({f"{run.eval_split}_acc": res["top1"], f"{run.eval_split}_loss": res["loss"]})
     if run.ema is not None:
-        row[f"{run.eval_split}_acc_ema"] = evaluate(run.ema.module, run.eval_data, autocast=autocast)["top1"]
+        row[f"{run.eval_split}_acc_ema"] = evaluate(run.ema.module, run.eval_data, autocast=run.autocast)["top1"]
 
 
 # ---- save and finish -------------------------------------------------------------------------------
@@ -398,10 +401,13 @@ def throughput(cfg: TrainConfig, seconds: float = 5.0, warmup_steps: int = 5, im
     images = max(images, 20 * cfg.batch_size)  # batches of 20 steps per pass
     pixels = torch.randint(0, 256, (images, 32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
     labels = torch.randint(0, 10, (images,), generator=gen).numpy()
-    rank, world, device = _setup_device(cfg)
-    data = DeviceData.from_arrays(pixels, labels, cfg.dataset, device, seed=cfg.seed, cutout=cfg.cutout,
-                                  channels_last=cfg.channels_last)
-    run = _build(cfg, None, None, train_data=data)
+
+    def random_data(cfg: TrainConfig, device: torch.device) -> tuple[DeviceData, None, None]:
+        return DeviceData.from_arrays(pixels, labels, cfg.dataset, device, seed=cfg.seed, cutout=cfg.cutout,
+                                      channels_last=cfg.channels_last), None, None
+
+    run = _build(cfg, None, None, random_data)
+    data, device = run.train_data, run.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     run.model.train()
 

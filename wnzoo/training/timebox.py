@@ -54,10 +54,6 @@ class QueuedRun:
             ["--resume"] if self.epochs_before else [])
 
 
-def _epochs_done(folder: RunFolder) -> int:
-    return folder.read_state().epoch if folder.has_state() else 0
-
-
 def _prepare(configs: Sequence[str | os.PathLike], out: Path, overrides: Sequence[str]) -> list[QueuedRun]:
     """Every recipe validated, and every existing state read, before anything is started."""
     runs, seen = [], set()
@@ -67,7 +63,7 @@ def _prepare(configs: Sequence[str | os.PathLike], out: Path, overrides: Sequenc
             raise ConfigError(f"recipe name {path.stem!r} appears twice; each run needs its own folder")
         seen.add(path.stem)
         run = QueuedRun(path.stem, path, cfg, RunFolder(out / path.stem))
-        run.epochs_before = run.epochs_after = _epochs_done(run.folder)
+        run.epochs_before = run.epochs_after = run.folder.epochs_done()
         if run.epochs_before >= cfg.epochs:
             run.status = "finished"
         runs.append(run)
@@ -184,7 +180,7 @@ def run_queue(configs: Sequence[str | os.PathLike], out: str | os.PathLike, minu
 def _settle(run: QueuedRun) -> None:
     """The run's status from its exit code and its state file."""
     try:
-        run.epochs_after = _epochs_done(run.folder)
+        run.epochs_after = run.folder.epochs_done()
     except ValueError:
         run.epochs_after = run.epochs_before
     if run.status == "finished" and run.returncode is None:
@@ -225,7 +221,7 @@ def results_rows(runs: Sequence[QueuedRun]) -> list[str]:
     for r in runs:
         if not r.folder.has_state() or r.epochs_after <= r.epochs_before:
             continue
-        history = r.folder.read_state().history
+        history = r.folder.read_state(tensors=False).history
         new = [h for h in history if h["epoch"] > r.epochs_before]
         steady = [h["epoch_time_s"] for h in new[1:]] or [new[0]["epoch_time_s"]]
         total = sum(h["epoch_time_s"] for h in history) / 60
