@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import wnzoo
-from wnzoo._constants import DATASET_STATS
+from wnzoo._datasets import DATASETS
 from wnzoo.data import DataError, DeviceData, load_split
 from wnzoo.evaluation import inference_model, predict, resolve_device
 
@@ -47,8 +47,8 @@ class PILDataset(Dataset):
 
 
 def baseline(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device) -> torch.Tensor:
-    stats = DATASET_STATS["cifar10"]
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(stats["mean"], stats["std"])])
+    stats = DATASETS["cifar10"]
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(stats.mean, stats.std)])
     loader = DataLoader(PILDataset(images, labels, tf), batch_size=128, shuffle=False, num_workers=0)
     model.eval()
     out = []

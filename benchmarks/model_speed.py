@@ -17,6 +17,7 @@ import time
 import torch
 
 import wnzoo
+from wnzoo.registry import twin_name
 
 
 def _time(fn, iters: int, warmup: int = 2) -> float:
@@ -59,7 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     for name in args.models:
-        twin = "bn_" + name[3:]
+        twin = twin_name(name)
         x = torch.randn(args.batch, 3, 32, 32)
         y = torch.randint(0, 10, (args.batch,))
         if args.channels_last:

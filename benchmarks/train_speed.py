@@ -23,16 +23,17 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import wnzoo
-from wnzoo._constants import DATASET_STATS
+from wnzoo.registry import twin_name
+from wnzoo._datasets import DATASETS
 from wnzoo.data import DeviceData, load_split
 
 
 class PILTrainSet(Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        s = DATASET_STATS["cifar10"]
+        s = DATASETS["cifar10"]
         self.images, self.labels = images, labels
         self.tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                      transforms.ToTensor(), transforms.Normalize(s["mean"], s["std"])])
+                                      transforms.ToTensor(), transforms.Normalize(s.mean, s.std)])
 
     def __len__(self) -> int:
         return len(self.images)
@@ -80,7 +81,7 @@ def main() -> None:
             torch.manual_seed(r)
             ip_ours = _run(wnzoo.create_model(name), ours.batches(r, 128, train=True), args.steps, True)
             ip_auth = _run(wnzoo.create_model(name), itertools.cycle(loader), args.steps, False)
-            ip_bn = _run(wnzoo.create_model("bn_" + name[3:]), ours.batches(r, 128, train=True), args.steps, True)
+            ip_bn = _run(wnzoo.create_model(twin_name(name)), ours.batches(r, 128, train=True), args.steps, True)
             r_auth.append(ip_ours / ip_auth)
             r_bn.append(ip_ours / ip_bn)
             print(f"{name} run {r + 1}: ours {ip_ours:.0f} img/s, authors' path {ip_auth:.0f} img/s, "

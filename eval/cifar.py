@@ -17,8 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from wnzoo.evaluation import (CARD_TOLERANCE, card_mismatches, format_paper_table, format_table,
-                              reproduction_table)
+from wnzoo.evaluation import exit_code, format_paper_table, format_table, problems, reproduction_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,18 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
-    failed = [r for r in rows if "error" in r]
-    for r in failed:
-        print(f"error: {r['model']}: {r['error']}", file=sys.stderr)
-    for r in rows:
-        if "error" not in r and r["published"] and not r["full_test_split"]:
-            print(f"note: {r['model']} was measured on {r['n']} images, not the whole test split; "
-                  f"not compared with its card", file=sys.stderr)
-    bad = card_mismatches(rows)
-    for r in bad:
-        print(f"error: {r['model']} measures {r['top1']:.2f} % top-1, its card says {r['card_top1']:.2f} % "
-              f"(tolerance {CARD_TOLERANCE}); the weights or the evaluation changed", file=sys.stderr)
-    return 1 if bad else 2 if failed else 0
+    for line in problems(rows):
+        print(line, file=sys.stderr)
+    return exit_code(rows)
 
 
 if __name__ == "__main__":

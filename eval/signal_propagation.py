@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wnzoo.diagnostics import compare_inits, plot_signal_propagation, stage_ratios
+from wnzoo.diagnostics import compare_inits, compared_schemes, plot_signal_propagation, stage_ratios
 from wnzoo.registry import is_zoo_model
 
 
@@ -24,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     if not is_zoo_model(args.model):
         print(f"error: unknown model {args.model!r}; see wnzoo.list_models()", file=sys.stderr)
         return 2
-    inits = args.inits or (["proposed", "default", "datadep", "hanin"] if args.model.startswith("wn_")
-                           else ["orthogonal", "he"])
+    inits = args.inits or compared_schemes(args.model)
     try:
         res = compare_inits(args.model, inits, batch=args.batch, image_size=args.image_size)
     except ValueError as e:

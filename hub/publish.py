@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PublishError, WeightsError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(rec, indent=2))
-    what = "built and verified (dry run)" if args.dry_run else ("pushed" if rec["pushed"] else "published locally")
-    print(f"{args.repo_id}: {what}, top-1 {rec['metrics']['top1']:.2f} %, folder {folder}")
+    print(json.dumps(rec.to_dict(), indent=2))
+    what = "built and verified (dry run)" if args.dry_run else ("pushed" if rec.pushed else "published locally")
+    print(f"{args.repo_id}: {what}, top-1 {rec.top1:.2f} %, folder {folder}")
     return 0
 
 

@@ -17,10 +17,14 @@ from safetensors.torch import save_file
 import wnzoo
 import wnzoo.evaluation
 import wnzoo.hub
-from wnzoo._constants import TAG_DATASET
+import wnzoo.published
+from wnzoo._datasets import TAG_DATASET
 from wnzoo.data import DeviceData, load_split
-from wnzoo.evaluation import (PAPER_TABLE1, bn_twin, card_mismatches, evaluate, format_paper_table, format_table,
-                              inference_model, paper_row, predict, reproduction_table)
+from wnzoo.evaluation import (card_mismatches, evaluate, exit_code, format_paper_table, format_table, inference_model,
+                              predict, problems, reproduction_table)
+from wnzoo.paper import PAPER_TABLE1, paper_row
+from wnzoo.published import PublishedVariant
+from wnzoo.registry import bn_twin
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = REPO / "eval" / "cifar.py"
@@ -33,13 +37,21 @@ _spec.loader.exec_module(eval_cifar)
 
 @pytest.fixture
 def nothing_published(monkeypatch):
-    monkeypatch.setattr(wnzoo.hub, "published", lambda: {})
+    monkeypatch.setattr(wnzoo.published, "variants", lambda: {})
 
 
-def fake_record(variant: str, ckpt: Path | None, top1: float) -> dict:
-    return {"repo_id": f"wnzoo/{variant}", "revision": "0" * 40,
-            "sha256": wnzoo.hub.sha256_file(ckpt) if ckpt else "f" * 64, "dataset": TAG_DATASET[variant.split(".")[1]],
-            "metrics": {"top1": top1, "top5": 99.0}, "recipe": "configs/x.yaml", "params": 1}
+def fake_record(variant: str, ckpt: Path | None, top1: float) -> PublishedVariant:
+    arch, tag = variant.split(".")
+    return PublishedVariant(repo_id=f"wnzoo/{variant}", revision="0" * 40,
+                            sha256=wnzoo.hub.sha256_file(ckpt) if ckpt else "f" * 64, dataset=TAG_DATASET[tag],
+                            metrics={"top1": top1, "top5": 99.0}, recipe="configs/x.yaml", params=1, arch=arch,
+                            tag=tag, epochs=1, size=1, eval={"n": 10_000})
+
+
+def publish_as(monkeypatch, ckpt: Path | None, top1: float) -> None:
+    """Make ``ckpt`` (or, with None, some other file) the published wn_resnet20.c10 with a card of ``top1``."""
+    records = {"wn_resnet20.c10": fake_record("wn_resnet20.c10", ckpt, top1)}
+    monkeypatch.setattr(wnzoo.published, "variants", lambda: records)
 
 
 def save_checkpoint(arch: str, path: Path, seed: int = 0) -> Path:
@@ -131,6 +143,19 @@ def test_card_mismatches():
     assert [r["top1"] for r in card_mismatches(rows)] == [92.86, 92.70]
 
 
+def test_exit_policy_and_problems():
+    """1 beats 2 beats 0; every problem is one line on stderr."""
+    ok, off, partial = _row(top1=92.80, card_top1=92.80), _row(top1=90.0, card_top1=92.80), _row(full_test_split=False)
+    broken = dict(model="bn_resnet56.c10", error="no data")
+    assert [exit_code(rows) for rows in ([ok], [ok, broken], [off, broken], [])] == [0, 2, 1, 0]
+    assert problems([ok]) == []
+    assert problems([broken, partial, off]) == [
+        "error: bn_resnet56.c10: no data",
+        "note: wn_resnet56.c10 was measured on 10000 images, not the whole test split; not compared with its card",
+        "error: wn_resnet56.c10 measures 90.00 % top-1, its card says 92.80 % (tolerance 0.05); the weights or the "
+        "evaluation changed"]
+
+
 # ---- the eval path on real data ------------------------------------------------------------------
 
 def test_random_init_scores_chance(cifar10_dir):
@@ -184,22 +209,22 @@ def test_cli_exit_status_follows_the_card(tmp_path, tiny_data, capsys, monkeypat
     args = ["--checkpoint", str(ckpt), "--model", "wn_resnet20.c10", "--data", str(tiny_data)]
     monkeypatch.setattr(wnzoo.evaluation, "TEST_SPLIT_SIZE", 20)  # let the 20 images stand for the whole split
 
-    monkeypatch.setattr(wnzoo.hub, "published", lambda: {"wn_resnet20.c10": fake_record("wn_resnet20.c10", ckpt, measured)})
+    publish_as(monkeypatch, ckpt, measured)
     assert eval_cifar.main(args) == 0
     assert "+0.00" in capsys.readouterr().out
 
-    monkeypatch.setattr(wnzoo.hub, "published", lambda: {"wn_resnet20.c10": fake_record("wn_resnet20.c10", ckpt, measured + 0.06)})
+    publish_as(monkeypatch, ckpt, measured + 0.06)
     assert eval_cifar.main(args) == 1
     err = capsys.readouterr().err
     assert f"error: wn_resnet20.c10 measures {measured:.2f} % top-1, its card says {measured + 0.06:.2f} %" in err
 
     # a file that is not the published one (sha256 differs) is reported, not held to the card
-    monkeypatch.setattr(wnzoo.hub, "published", lambda: {"wn_resnet20.c10": fake_record("wn_resnet20.c10", None, measured + 5)})
+    publish_as(monkeypatch, None, measured + 5)
     assert eval_cifar.main(args) == 0
     assert "-5.00" in capsys.readouterr().out
 
     # a subset of the test split is not held to the card either, and the user is told
-    monkeypatch.setattr(wnzoo.hub, "published", lambda: {"wn_resnet20.c10": fake_record("wn_resnet20.c10", ckpt, measured + 5)})
+    publish_as(monkeypatch, ckpt, measured + 5)
     monkeypatch.setattr(wnzoo.evaluation, "TEST_SPLIT_SIZE", 10_000)
     assert eval_cifar.main(args) == 0
     assert "note: wn_resnet20.c10 was measured on 20 images, not the whole test split" in capsys.readouterr().err

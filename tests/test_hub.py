@@ -3,10 +3,11 @@ a fresh clone, all against a real Hub-compatible server (olah) on 127.0.0.1, nev
 
 A small fake run (a real wn_resnet20 with random weights, a 200-image random "test split") stands in for
 a trained one, so every step runs in seconds; the published variants of the repository itself are
-checked at the end (release copies, registry, MODEL_CARD.md).
+checked at the end (release copies, published records, MODEL_CARD.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,15 +26,16 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 import wnzoo
-from wnzoo import hub
+from wnzoo import hub, published
+from wnzoo._io import save_safetensors
 from wnzoo.data import DeviceData
 from wnzoo.evaluation import evaluate
 from wnzoo.model_card import MODEL_CARD, variant_card, zoo_card
 from wnzoo.registry import twin_name
 from wnzoo.publish import (HUB_FILES, REPO_ROOT, PublishError, Run, recipe_notes, commit_message, local_revision,
-                           publish, read_registry, recipe_for, verify_folder)
+                           publish, recipe_for, verify_folder)
+from wnzoo.published import PublishedVariant
 from wnzoo.training import load_config
-from wnzoo.training.checkpoint import save_weights
 from wnzoo.training.plots import plot_curves
 
 RECIPE = REPO_ROOT / "configs" / "wn_resnet20_c10_short.yaml"
@@ -73,8 +75,8 @@ def make_run(root: Path, data: Path, weights_seed: int = 0, logged_offset: float
     torch.manual_seed(weights_seed)
     model = wnzoo.create_model("wn_resnet20")
     cfg = load_config(RECIPE, dict(data=str(data), **overrides)).to_dict()
-    save_weights(run / "model.safetensors", model.state_dict(), {"architecture": "wn_resnet20", "epoch": "15"})
-    save_weights(run / "state.safetensors", model.state_dict())  # resume state: must never be published
+    save_safetensors(run / "model.safetensors", model.state_dict(), {"architecture": "wn_resnet20", "epoch": "15"})
+    save_safetensors(run / "state.safetensors", model.state_dict())  # resume state: must never be published
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     history = [dict(epoch=e, lr=0.1, train_loss=2.0, train_acc=10.0, test_acc=10.0, test_loss=2.3, epoch_time_s=1.0,
                     img_per_s=100.0) for e in range(1, cfg["epochs"] + 1)]
@@ -90,26 +92,26 @@ def make_run(root: Path, data: Path, weights_seed: int = 0, logged_offset: float
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory, fake_data):
-    """A zoo published into temporary paths: the release dir, the registry and MODEL_CARD.md."""
+    """A zoo published into temporary paths: the release dir, the published records and MODEL_CARD.md."""
     root = tmp_path_factory.mktemp("zoo")
-    paths = dict(release_dir=root / "hub", registry=root / "published.json", zoo_card_path=root / "MODEL_CARD.md")
+    paths = dict(release_dir=root / "hub", published_json=root / "published.json", zoo_card_path=root / "MODEL_CARD.md")
     run = make_run(root / "runs", fake_data)
     rec, folder = publish(run, f"wnzoo/{NAME}", data=fake_data, **paths)
     return dict(root=root, run=run, rec=rec, folder=folder, **paths)
 
 
 @pytest.fixture
-def registry(monkeypatch, tmp_path):
-    """Point wnzoo.hub at a temporary registry and release dir; returns ``set(records, release_dir=None)``."""
-    def set_records(records: dict[str, dict], release_dir: Path | None = None) -> None:
+def records(monkeypatch, tmp_path):
+    """Point wnzoo at temporary published records and release dir; returns ``set(records, release_dir=None)``."""
+    def set_records(recs: dict[str, PublishedVariant], release_dir: Path | None = None) -> None:
         path = tmp_path / f"published-{uuid.uuid4().hex[:6]}.json"
-        path.write_text(json.dumps(records))
-        monkeypatch.setattr(hub, "PUBLISHED_JSON", path)
+        published.save(recs, path)
+        monkeypatch.setattr(published, "PUBLISHED_JSON", path)
         monkeypatch.setattr(hub, "RELEASE_DIR", release_dir or tmp_path / "no-release-copies")
-        hub.published.cache_clear()
+        published.variants.cache_clear()
 
     yield set_records
-    hub.published.cache_clear()
+    published.variants.cache_clear()
 
 
 @pytest.fixture
@@ -139,8 +141,8 @@ def new_repo_id() -> str:
 
 def mirror(olah_server, rec: dict, folder: Path) -> dict:
     """Serve ``folder`` as a new repo on olah (a root commit, as the local pin is computed); returns its record."""
-    rec = dict(rec, repo_id=new_repo_id())
-    assert olah_server.add_commit(rec["repo_id"], folder, commit_message(rec)) == rec["revision"]
+    rec = dataclasses.replace(rec, repo_id=new_repo_id())
+    assert olah_server.add_commit(rec.repo_id, folder, commit_message(rec)) == rec.revision
     return rec
 
 
@@ -160,12 +162,12 @@ def assert_weights(model: torch.nn.Module, file: Path) -> None:
 
 
 # loading through a real Hub server --------------------------------------------------------------------
-def test_load_from_hub_then_offline_from_cache(zoo, olah_server, hub_env, registry):
+def test_load_from_hub_then_offline_from_cache(zoo, olah_server, hub_env, records):
     rec = mirror(olah_server, zoo["rec"], zoo["folder"])  # the mirror serves exactly the pinned revision
-    registry({NAME: rec})  # no release copy: the weights can only come from the server
+    records({NAME: rec})  # no release copy: the weights can only come from the server
     model = wnzoo.create_model(NAME, pretrained=True)
     assert_weights(model, zoo["folder"] / "model.safetensors")
-    snap = hub_env["cache"] / f"models--{rec['repo_id'].replace('/', '--')}" / "snapshots" / rec["revision"]
+    snap = hub_env["cache"] / f"models--{rec.repo_id.replace('/', '--')}" / "snapshots" / rec.revision
     assert (snap / "model.safetensors").is_file()
 
     hub_env["offline"]()
@@ -173,12 +175,15 @@ def test_load_from_hub_then_offline_from_cache(zoo, olah_server, hub_env, regist
     assert_weights(again, zoo["folder"] / "model.safetensors")
 
 
-def test_record_supersedes_the_repo_registered_at_import(zoo, olah_server, hub_env, registry, monkeypatch):
-    """timm's cfgs are built at import from the registry then; the record read at load time wins."""
+def test_record_supersedes_the_repo_registered_at_import(zoo, olah_server, hub_env, records, monkeypatch):
+    """timm's cfgs are built at import from the records then; the record read at load time wins."""
     rec = mirror(olah_server, zoo["rec"], zoo["folder"])
-    registry({NAME: rec})
-    monkeypatch.setitem(hub._CFG_HUB_IDS, NAME, "wnzoo/moved-away")  # as if imported with an older registry
-    model = wnzoo.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id="wnzoo/moved-away"))
+    records({NAME: rec})
+    registered = timm.models._registry._model_pretrained_cfgs
+    # as if imported when the published record named another repo
+    monkeypatch.setitem(registered, NAME, dataclasses.replace(registered[NAME], hf_hub_id="wnzoo/moved-away"))
+    model = wnzoo.create_model(NAME, pretrained=True)
+    assert model.pretrained_cfg["hf_hub_id"] == "wnzoo/moved-away"
     assert_weights(model, zoo["folder"] / "model.safetensors")
 
 
@@ -188,7 +193,7 @@ def test_environment_variables_in_a_fresh_process(zoo, olah_server, tmp_path):
     code = ("import sys, wnzoo; from safetensors.torch import load_file; "
             f"m = wnzoo.create_model({NAME!r}, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=sys.argv[1])); "
             "w = load_file(sys.argv[2]); assert all((m.state_dict()[k] == v).all() for k, v in w.items())")
-    args = [sys.executable, "-c", code, f"{rec['repo_id']}@{rec['revision']}", str(zoo["folder"] / "model.safetensors")]
+    args = [sys.executable, "-c", code, f"{rec.repo_id}@{rec.revision}", str(zoo["folder"] / "model.safetensors")]
     env = dict(os.environ, HF_ENDPOINT=olah_server.url, HF_HUB_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="0")
     subprocess.run(args, env=env, check=True, timeout=300)
     assert list((tmp_path / "cache").glob("models--*/snapshots/*/model.safetensors"))
@@ -196,56 +201,56 @@ def test_environment_variables_in_a_fresh_process(zoo, olah_server, tmp_path):
     subprocess.run(args, env=env, check=True, timeout=300)
 
 
-def test_cache_dir_is_honoured(zoo, olah_server, hub_env, registry, tmp_path):
+def test_cache_dir_is_honoured(zoo, olah_server, hub_env, records, tmp_path):
     rec = mirror(olah_server, zoo["rec"], zoo["folder"])
-    registry({NAME: rec})
+    records({NAME: rec})
     wnzoo.create_model(NAME, pretrained=True, cache_dir=tmp_path / "mine")
     assert list((tmp_path / "mine").glob("models--*/snapshots/*/model.safetensors"))
     assert not hub_env["cache"].exists()
 
 
-def test_timm_create_model_with_registry_name_and_hf_hub_prefix(zoo, olah_server, hub_env, registry):
+def test_timm_create_model_with_registry_name_and_hf_hub_prefix(zoo, olah_server, hub_env, records):
     rec = mirror(olah_server, zoo["rec"], zoo["folder"])
-    registry({NAME: rec})
+    records({NAME: rec})
     assert_weights(timm.create_model("wn_resnet20", pretrained=True), zoo["folder"] / "model.safetensors")
     # hf-hub: timm reads config.json from the repo, builds the arch it names, then wnzoo loads the weights
-    model = timm.create_model(f"hf-hub:{rec['repo_id']}", pretrained=True)
+    model = timm.create_model(f"hf-hub:{rec.repo_id}", pretrained=True)
     assert_weights(model, zoo["folder"] / "model.safetensors")
     cfg = json.loads((zoo["folder"] / "config.json").read_text())
     assert model.pretrained_cfg["num_classes"] == 10 and model.num_classes == 10
     assert tuple(model.pretrained_cfg["mean"]) == tuple(cfg["pretrained_cfg"]["mean"])
-    assert model.pretrained_cfg["hf_hub_id"] == rec["repo_id"] and model.pretrained_cfg["source"] == "hf-hub"
+    assert model.pretrained_cfg["hf_hub_id"] == rec.repo_id and model.pretrained_cfg["source"] == "hf-hub"
 
 
-def test_revision_pinning(zoo, olah_server, hub_env, registry, tmp_path):
+def test_revision_pinning(zoo, olah_server, hub_env, records, tmp_path):
     rec_a = mirror(olah_server, zoo["rec"], zoo["folder"])
     folder_b, sha_b = other_weights(zoo["folder"], tmp_path / "b", seed=1)
-    rev_b = olah_server.add_commit(rec_a["repo_id"], folder_b, "second version", tag="v2")  # main moves to B
-    registry({NAME: rec_a})
+    rev_b = olah_server.add_commit(rec_a.repo_id, folder_b, "second version", tag="v2")  # main moves to B
+    records({NAME: rec_a})
     assert_weights(wnzoo.create_model(NAME, pretrained=True), zoo["folder"] / "model.safetensors")
-    registry({NAME: dict(rec_a, revision=rev_b, sha256=sha_b)})
+    records({NAME: dataclasses.replace(rec_a, revision=rev_b, sha256=sha_b)})
     assert_weights(wnzoo.create_model(NAME, pretrained=True), folder_b / "model.safetensors")
     # a named revision of a published repo is honoured and, being the release tag, checked against the pin
-    registry({NAME: dict(rec_a, revision=rev_b, sha256=sha_b, hub_tag="v2")})
-    model = timm.create_model(f"hf-hub:{rec_a['repo_id']}@v2", pretrained=True)
+    records({NAME: dataclasses.replace(rec_a, revision=rev_b, sha256=sha_b, hub_tag="v2")})
+    model = timm.create_model(f"hf-hub:{rec_a.repo_id}@v2", pretrained=True)
     assert_weights(model, folder_b / "model.safetensors")
 
 
-def test_wrong_hash_on_the_server_is_an_error(zoo, olah_server, hub_env, registry, tmp_path):
+def test_wrong_hash_on_the_server_is_an_error(zoo, olah_server, hub_env, records, tmp_path):
     rec = mirror(olah_server, zoo["rec"], zoo["folder"])
     folder_b, _ = other_weights(zoo["folder"], tmp_path / "b", seed=1)
-    rev_b = olah_server.add_commit(rec["repo_id"], folder_b, "not the published weights")
-    registry({NAME: dict(rec, revision=rev_b)}, release_dir=zoo["release_dir"])  # a good release copy exists
-    with pytest.raises(hub.WeightsError, match=r"sha256 mismatch .*expected " + rec["sha256"]):
+    rev_b = olah_server.add_commit(rec.repo_id, folder_b, "not the published weights")
+    records({NAME: dataclasses.replace(rec, revision=rev_b)}, release_dir=zoo["release_dir"])  # a good release copy exists
+    with pytest.raises(hub.WeightsError, match=r"sha256 mismatch .*expected " + rec.sha256):
         wnzoo.create_model(NAME, pretrained=True)
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncate"])
-def test_damaged_cache_is_an_error_that_says_what_to_delete(zoo, olah_server, hub_env, registry, damage):
+def test_damaged_cache_is_an_error_that_says_what_to_delete(zoo, olah_server, hub_env, records, damage):
     rec = mirror(olah_server, zoo["rec"], zoo["folder"])
-    registry({NAME: rec})
+    records({NAME: rec})
     wnzoo.create_model(NAME, pretrained=True)
-    blob = next((hub_env["cache"] / f"models--{rec['repo_id'].replace('/', '--')}" / "blobs").iterdir())
+    blob = next((hub_env["cache"] / f"models--{rec.repo_id.replace('/', '--')}" / "blobs").iterdir())
     data = blob.read_bytes()
     blob.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:100] + b"\0" * (len(data) - 100))
     for go_offline in (False, True):
@@ -264,27 +269,27 @@ def test_truncated_local_file_is_an_error(zoo, tmp_path):
         wnzoo.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(bad)))
 
 
-def test_missing_repo_and_missing_file_are_clear_errors(zoo, olah_server, hub_env, registry, tmp_path):
-    rec = dict(zoo["rec"], repo_id=new_repo_id())  # never served
-    registry({NAME: rec})
+def test_missing_repo_and_missing_file_are_clear_errors(zoo, olah_server, hub_env, records, tmp_path):
+    rec = dataclasses.replace(zoo["rec"], repo_id=new_repo_id())  # never served
+    records({NAME: rec})
     with pytest.raises(hub.WeightsError) as e:
         wnzoo.create_model(NAME, pretrained=True)
     msg = str(e.value)
     # olah answers a missing repo at a commit sha with EntryNotFound, the Hub with RepositoryNotFound
-    assert f"could not get weights for {NAME} from {rec['repo_id']}" in msg and "NotFoundError" in msg
+    assert f"could not get weights for {NAME} from {rec.repo_id}" in msg and "NotFoundError" in msg
     assert "release copy:" in msg and "not found" in msg and "HF_ENDPOINT" in msg
 
     no_weights = tmp_path / "no-weights"
     no_weights.mkdir()
     shutil.copyfile(zoo["folder"] / "config.json", no_weights / "config.json")
-    rev = olah_server.add_commit(rec["repo_id"], no_weights, "config only")
-    registry({NAME: dict(rec, revision=rev)})
+    rev = olah_server.add_commit(rec.repo_id, no_weights, "config only")
+    records({NAME: dataclasses.replace(rec, revision=rev)})
     with pytest.raises(hub.WeightsError, match=r"(EntryNotFound|RepositoryNotFound)Error"):
         wnzoo.create_model(NAME, pretrained=True)
 
 
-def test_release_copy_when_the_hub_is_unreachable(zoo, hub_env, registry):
-    registry({NAME: zoo["rec"]}, release_dir=zoo["release_dir"])
+def test_release_copy_when_the_hub_is_unreachable(zoo, hub_env, records):
+    records({NAME: zoo["rec"]}, release_dir=zoo["release_dir"])
     hub_env["offline"]()  # empty cache, no network: a fresh clone on a plane
     assert_weights(wnzoo.create_model(NAME, pretrained=True), zoo["folder"] / "model.safetensors")
     (zoo["release_dir"] / NAME / "model.safetensors").rename(zoo["root"] / "moved.safetensors")
@@ -295,12 +300,12 @@ def test_release_copy_when_the_hub_is_unreachable(zoo, hub_env, registry):
         (zoo["root"] / "moved.safetensors").rename(zoo["release_dir"] / NAME / "model.safetensors")
 
 
-def test_other_repo_is_loaded_unpinned(zoo, olah_server, hub_env, registry, tmp_path):
+def test_other_repo_is_loaded_unpinned(zoo, olah_server, hub_env, records, tmp_path):
     """A fork named by hf_hub_id (or hf-hub:) is the user's choice: read at main, no published hash applies."""
     folder_b, _ = other_weights(zoo["folder"], tmp_path / "b", seed=2)
     fork = new_repo_id()
     olah_server.add_commit(fork, folder_b, "fork")
-    registry({NAME: zoo["rec"]})
+    records({NAME: zoo["rec"]})
     model = wnzoo.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=fork))
     assert_weights(model, folder_b / "model.safetensors")
 
@@ -312,12 +317,12 @@ def test_num_classes_drops_the_classifier(zoo):
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items() if not k.startswith("fc."))
 
 
-def test_pickles_and_unpublished_variants_are_refused(zoo, registry, tmp_path):
+def test_pickles_and_unpublished_variants_are_refused(zoo, records, tmp_path):
     pt = tmp_path / "model.pt"
     torch.save(load_file(str(zoo["folder"] / "model.safetensors")), pt)
     with pytest.raises(hub.WeightsError, match="never unpickles"):
         wnzoo.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(pt)))
-    registry({})
+    records({})
     with pytest.raises(hub.WeightsError, match="no published weights yet"):
         wnzoo.create_model("wn_resnet32.c100", pretrained=True)
 
@@ -338,13 +343,13 @@ def test_published_folder_is_complete_and_consistent(zoo):
     assert pc["input_size"] == [3, 32, 32] and pc["crop_pct"] == 1.0 and pc["interpolation"] == "bilinear"
     assert (pc["classifier"], pc["first_conv"], pc["tag"]) == ("fc", "stem", "c10")
     assert "hf_hub_id" not in pc and "file" not in pc
-    assert cfg["metrics"] == rec["metrics"] and cfg["recipe"] == "configs/wn_resnet20_c10_short.yaml"
+    assert cfg["metrics"] == rec.metrics and cfg["recipe"] == "configs/wn_resnet20_c10_short.yaml"
     assert yaml.safe_load((folder / "recipe.yaml").read_text()) == yaml.safe_load((zoo["run"] / "config.yaml").read_text())
     # the weights are the run's, with the model's own keys
     assert_weights(wnzoo.create_model("wn_resnet20", pretrained=True, pretrained_cfg_overlay=dict(
         file=str(zoo["run"] / "model.safetensors"))), folder / "model.safetensors")
-    assert set(rec) >= {"repo_id", "revision", "sha256", "dataset", "metrics", "recipe", "params"}
-    assert re.fullmatch(r"[0-9a-f]{40}", rec["revision"]) and rec["params"] == 272_474 and not rec["pushed"]
+    assert set(rec.to_dict()) >= {"repo_id", "revision", "sha256", "dataset", "metrics", "recipe", "params"}
+    assert re.fullmatch(r"[0-9a-f]{40}", rec.revision) and rec.params == 272_474 and not rec.pushed
 
 
 def test_card_states_the_measured_number_and_how_to_reproduce(zoo, fake_data):
@@ -353,7 +358,7 @@ def test_card_states_the_measured_number_and_how_to_reproduce(zoo, fake_data):
     measured = round(_accuracy(wnzoo.fuse(wnzoo.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(
         file=str(zoo["folder"])))), fake_data), 2)
     logged = Run.read(zoo["run"]).logged_test_acc()
-    assert rec["metrics"]["top1"] == measured != round(logged, 2)
+    assert rec.metrics["top1"] == measured != round(logged, 2)
     res = card.data.eval_results[0]
     assert (res.metric_type, res.metric_value, res.dataset_type, res.dataset_split) == (
         "accuracy", measured, "uoft-cs/cifar10", "test")
@@ -372,22 +377,22 @@ def test_card_states_the_measured_number_and_how_to_reproduce(zoo, fake_data):
     assert all((zoo["folder"] / ln).exists() for ln in links if "://" not in ln), links
 
 
-def test_release_copy_registry_and_zoo_card(zoo):
+def test_release_copy_records_and_zoo_card(zoo):
     rec = zoo["rec"]
-    assert read_registry(zoo["registry"]) == {NAME: rec}
+    assert published.load(zoo["published_json"]) == {NAME: rec}
     release = zoo["release_dir"] / NAME
     assert sorted(p.name for p in release.iterdir()) == sorted(HUB_FILES)
     verify_folder(release, rec)
     # the pin of an unpushed variant is the deterministic commit of its release copy: recomputable by anyone
-    assert local_revision(release, commit_message(rec)) == rec["revision"]
+    assert local_revision(release, commit_message(rec)) == rec.revision
     assert zoo["zoo_card_path"].read_text() == zoo_card({NAME: rec})
-    assert f"| `{NAME}` | CIFAR-10 | 0.27 M | 15 | **{rec['metrics']['top1']:.2f}** |" in zoo["zoo_card_path"].read_text()
+    assert f"| `{NAME}` | CIFAR-10 | 0.27 M | 15 | **{rec.metrics['top1']:.2f}** |" in zoo["zoo_card_path"].read_text()
 
 
 def test_dry_run_builds_and_verifies_only(zoo, fake_data, tmp_path):
-    paths = dict(release_dir=tmp_path / "hub", registry=tmp_path / "p.json", zoo_card_path=tmp_path / "M.md")
+    paths = dict(release_dir=tmp_path / "hub", published_json=tmp_path / "p.json", zoo_card_path=tmp_path / "M.md")
     rec, folder = publish(zoo["run"], f"wnzoo/{NAME}", data=fake_data, dry_run=True, out=tmp_path / "out", **paths)
-    assert folder == tmp_path / "out" and rec["revision"] is None and rec["sha256"] == zoo["rec"]["sha256"]
+    assert folder == tmp_path / "out" and rec.revision is None and rec.sha256 == zoo["rec"].sha256
     verify_folder(folder, rec)
     assert not any(p.exists() for p in paths.values())
     # the same run gives byte-identical files: publishing is reproducible
@@ -395,7 +400,7 @@ def test_dry_run_builds_and_verifies_only(zoo, fake_data, tmp_path):
 
 
 def test_publish_refuses_what_it_cannot_stand_behind(zoo, fake_data, tmp_path):
-    paths = dict(release_dir=tmp_path / "hub", registry=tmp_path / "p.json", zoo_card_path=tmp_path / "M.md")
+    paths = dict(release_dir=tmp_path / "hub", published_json=tmp_path / "p.json", zoo_card_path=tmp_path / "M.md")
 
     def attempt(run: Path, repo_id: str = f"wnzoo/{NAME}", **kw):
         return publish(run, repo_id, data=fake_data, **{**paths, **kw})
@@ -446,7 +451,7 @@ def test_recipe_overrides_become_set_flags(fake_data, tmp_path):
     assert load_config(RECIPE, [o.strip("'") for o in overrides]).to_dict() | {"data": run.config["data"]} == run.config
 
 
-def test_push_then_load_end_to_end(zoo, fake_data, olah_server, hub_env, registry, monkeypatch, tmp_path):
+def test_push_then_load_end_to_end(zoo, fake_data, olah_server, hub_env, records, monkeypatch, tmp_path):
     """publish --push through HfApi to a write endpoint in front of olah, then load it back through olah."""
     from hub_write_server import HubWriteServer
 
@@ -454,23 +459,23 @@ def test_push_then_load_end_to_end(zoo, fake_data, olah_server, hub_env, registr
     try:
         monkeypatch.setenv("HF_TOKEN", write.token)
         repo_id = new_repo_id()
-        paths = dict(release_dir=tmp_path / "hub", registry=tmp_path / "published.json",
+        paths = dict(release_dir=tmp_path / "hub", published_json=tmp_path / "published.json",
                      zoo_card_path=tmp_path / "MODEL_CARD.md")
         rec1, _ = publish(zoo["run"], repo_id, data=fake_data, push=True, endpoint=write.url, **paths)
         repo = olah_server.repo_dir(repo_id)
-        assert rec1["pushed"] and rec1["hub_tag"] == "v1"
-        assert rec1["revision"] == write.git(repo, "rev-parse", "HEAD") == write.git(repo, "rev-parse", "v1^{commit}")
+        assert rec1.pushed and rec1.hub_tag == "v1"
+        assert rec1.revision == write.git(repo, "rev-parse", "HEAD") == write.git(repo, "rev-parse", "v1^{commit}")
         assert [r for r, _ in write.calls] == ["create", "validate", "preupload", "commit", "tag"]
         assert f"[{repo_id}](https://huggingface.co/{repo_id})" in paths["zoo_card_path"].read_text()
 
         run2 = make_run(tmp_path / "second", fake_data, weights_seed=5)
         rec2, _ = publish(run2, repo_id, data=fake_data, push=True, endpoint=write.url, **paths)
-        assert rec2["hub_tag"] == "v2" and rec2["revision"] != rec1["revision"] and rec2["sha256"] != rec1["sha256"]
-        assert read_registry(paths["registry"])[NAME] == rec2
+        assert rec2.hub_tag == "v2" and rec2.revision != rec1.revision and rec2.sha256 != rec1.sha256
+        assert published.load(paths["published_json"])[NAME] == rec2
 
-        registry(read_registry(paths["registry"]))
+        records(published.load(paths["published_json"]))
         assert_weights(wnzoo.create_model(NAME, pretrained=True), paths["release_dir"] / NAME / "model.safetensors")
-        registry({NAME: rec1})  # the first release stays loadable at its pinned revision
+        records({NAME: rec1})  # the first release stays loadable at its pinned revision
         assert_weights(wnzoo.create_model(NAME, pretrained=True), zoo["folder"] / "model.safetensors")
     finally:
         write.stop()
@@ -482,7 +487,7 @@ def test_push_needs_a_token(zoo, fake_data, olah_server, monkeypatch, tmp_path):
     write = HubWriteServer(olah_server.mirrors, olah_server.url).start()
     try:
         monkeypatch.setenv("HF_TOKEN", "wrong")
-        paths = dict(release_dir=tmp_path / "hub", registry=tmp_path / "p.json", zoo_card_path=tmp_path / "M.md")
+        paths = dict(release_dir=tmp_path / "hub", published_json=tmp_path / "p.json", zoo_card_path=tmp_path / "M.md")
         with pytest.raises(PublishError, match="(?s)401 Unauthorized.*A write token is needed"):
             publish(zoo["run"], new_repo_id(), data=fake_data, push=True, endpoint=write.url, **paths)
         assert not any(p.exists() for p in paths.values())  # nothing recorded after a failed push
@@ -499,16 +504,16 @@ def test_cli_dry_run_and_errors(zoo, fake_data, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main([str(zoo["run"]), "--repo-id", f"wnzoo/{NAME}", "--data", str(fake_data), "--dry-run",
                      "--out", str(out)]) == 0
-    assert json.loads((out / "config.json").read_text())["sha256"] == zoo["rec"]["sha256"]
+    assert json.loads((out / "config.json").read_text())["sha256"] == zoo["rec"].sha256
     assert "built and verified (dry run)" in capsys.readouterr().out
     assert cli.main([str(tmp_path / "nope"), "--repo-id", f"wnzoo/{NAME}"]) == 2
     assert "is not a finished run folder" in capsys.readouterr().err
 
 
 # model cards ------------------------------------------------------------------------------------------
-def _record(name: str, top1: float, pushed: bool = False) -> dict:
+def _record(name: str, top1: float, pushed: bool = False) -> PublishedVariant:
     arch, tag = name.split(".")
-    return dict(repo_id=f"wnzoo/{name}", revision="0" * 40, sha256="1" * 64, dataset="cifar10",
+    return PublishedVariant(repo_id=f"wnzoo/{name}", revision="0" * 40, sha256="1" * 64, dataset="cifar10",
                 metrics=dict(top1=top1, top5=99.0), recipe="configs/wn_resnet20_c10_short.yaml", params=855_770,
                 arch=arch, tag=tag, epochs=200, size=3_500_000, eval=dict(n=10_000), pushed=pushed, hub_tag=None)
 
@@ -523,7 +528,7 @@ def test_zoo_card_compares_with_paper_and_twin():
     assert "| `bn_resnet56.c10` | CIFAR-10 | 0.86 M | 200 | **93.12** | 93.03 | wn_resnet56.c10: 92.61" in text
     assert "[release copy](hub/bn_resnet56.c10/) (not on the Hub yet)" in text
     assert "No variant is published yet" in zoo_card({})
-    text = zoo_card({"wn_wrn40_10.c10": _record("wn_wrn40_10.c10", 95.0), "bn_resnet164.c100": dict(
+    text = zoo_card({"wn_wrn40_10.c10": _record("wn_wrn40_10.c10", 95.0), "bn_resnet164.c100": dataclasses.replace(
         _record("bn_resnet164.c100", 74.0), dataset="cifar100")})
     assert "| **95.00** | 95.25 ± 0.08 |" in text and "| **74.00** | 74.48 ± 0.17 |" in text
     assert twin_name("wn_wrn40_10.c10") == "bn_wrn40_10.c10" and twin_name("bn_resnet20.c100") == "wn_resnet20.c100"
@@ -541,33 +546,33 @@ def test_variant_card_shows_paper_and_twin_rows():
 
 
 # the repository's own published variants (a fresh clone) ----------------------------------------------
-def test_model_card_is_in_sync_with_the_registry():
-    assert MODEL_CARD.read_text() == zoo_card(read_registry()), \
+def test_model_card_is_in_sync_with_the_records():
+    assert MODEL_CARD.read_text() == zoo_card(published.load()), \
         "MODEL_CARD.md is stale: regenerate it with python hub/publish.py --model-card"
     links = re.findall(r"\]\(([^)#]+)\)", MODEL_CARD.read_text())
     assert all((REPO_ROOT / ln).exists() for ln in links if "://" not in ln), links
 
 
-def test_registry_schema():
-    records = read_registry()
-    assert records == hub.published()
+def test_published_records_schema():
+    records = published.load()
+    assert records == published.variants()
     for name, rec in records.items():
-        assert name == f"{rec['arch']}.{rec['tag']}" and rec["repo_id"].endswith("/" + name)
-        assert re.fullmatch(r"[0-9a-f]{40}", rec["revision"]) and re.fullmatch(r"[0-9a-f]{64}", rec["sha256"])
-        assert set(rec["metrics"]) == {"top1", "top5"} and 0 < rec["metrics"]["top1"] <= 100
-        assert (REPO_ROOT / rec["recipe"]).is_file() and isinstance(rec["params"], int)
+        assert name == f"{rec.arch}.{rec.tag}" and rec.repo_id.endswith("/" + name)
+        assert re.fullmatch(r"[0-9a-f]{40}", rec.revision) and re.fullmatch(r"[0-9a-f]{64}", rec.sha256)
+        assert set(rec.metrics) == {"top1", "top5"} and 0 < rec.metrics["top1"] <= 100
+        assert (REPO_ROOT / rec.recipe).is_file() and isinstance(rec.params, int)
         assert name in wnzoo.list_models(pretrained=True)  # the import-time cfgs know it
 
 
-@pytest.mark.parametrize("name", sorted(read_registry()))
+@pytest.mark.parametrize("name", sorted(published.load()))
 def test_fresh_clone_loads_every_variant_from_its_release_copy(name, hub_env):
-    rec = read_registry()[name]
+    rec = published.load()[name]
     release = hub.RELEASE_DIR / name
     has_weights = (release / "model.safetensors").is_file()
-    assert has_weights or rec["size"] > wnzoo.publish.RELEASE_MAX_BYTES
+    assert has_weights or rec.size > wnzoo.publish.RELEASE_MAX_BYTES
     verify_folder(release, rec, weights=has_weights)
-    if not rec["pushed"]:
-        assert local_revision(release, commit_message(rec)) == rec["revision"]
+    if not rec.pushed:
+        assert local_revision(release, commit_message(rec)) == rec.revision
     if has_weights:
         hub_env["offline"]()  # empty cache, no network
         assert_weights(wnzoo.create_model(name, pretrained=True), release / "model.safetensors")
@@ -577,12 +582,12 @@ def test_fresh_clone_loads_every_variant_from_its_release_copy(name, hub_env):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(read_registry()))
+@pytest.mark.parametrize("name", sorted(published.load()))
 def test_release_copy_reproduces_its_card_number(name, cifar10_dir):
-    rec = read_registry()[name]
-    if rec["dataset"] != "cifar10" or not (hub.RELEASE_DIR / name / "model.safetensors").is_file():
+    rec = published.load()[name]
+    if rec.dataset != "cifar10" or not (hub.RELEASE_DIR / name / "model.safetensors").is_file():
         pytest.skip("needs the release weights and the dataset")
     model = wnzoo.fuse(wnzoo.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(
         file=str(hub.RELEASE_DIR / name))))
-    assert round(_accuracy(model, cifar10_dir), 2) == rec["metrics"]["top1"]
+    assert round(_accuracy(model, cifar10_dir), 2) == rec.metrics["top1"]
 

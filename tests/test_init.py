@@ -117,3 +117,18 @@ def test_schemes_are_public_functions_on_any_zoo_model():
     assert model.stages[0][0].conv2.g[0].item() == pytest.approx(math.sqrt(1 / 2))  # B_k = 2
     winit.hanin(model)
     assert model.stages[0][1].conv2.g[0].item() == pytest.approx(0.81)
+
+
+def test_every_scheme_takes_the_same_path_with_a_batch():
+    """A caller may always pass an input batch: data-dependent schemes use it, the others ignore it."""
+    from wnzoo.init import DATA_DEPENDENT, apply_init
+    x = torch.randn(8, 3, 32, 32)
+    for name, scheme in (("wn_resnet20", "proposed"), ("wn_resnet20", "hanin"), ("bn_resnet20", "orthogonal")):
+        torch.manual_seed(0)
+        a = apply_init(wnzoo.create_model(name), scheme).state_dict()
+        torch.manual_seed(0)
+        b = apply_init(wnzoo.create_model(name), scheme, x).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), scheme
+    assert DATA_DEPENDENT == {"datadep"}
+    with pytest.raises(ValueError, match="needs a batch"):
+        apply_init(wnzoo.create_model("wn_resnet20"), "datadep")

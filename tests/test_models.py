@@ -125,8 +125,9 @@ def test_unknown_name_suggests_close_names():
 
 
 def test_pretrained_without_published_weights_is_a_clear_error():
-    from wnzoo.hub import WeightsError, published
-    name = next(n for n in wnzoo.list_models() if f"{n}.c10" not in published())
+    from wnzoo import published
+    from wnzoo.hub import WeightsError
+    name = next(n for n in wnzoo.list_models() if published.get(f"{n}.c10") is None)
     with pytest.raises(WeightsError, match="has no published weights"):
         wnzoo.create_model(name, pretrained=True)
 
@@ -140,3 +141,11 @@ def test_bad_init_for_family():
         wnzoo.create_model("wn_resnet20", init="xavier")
     with pytest.raises(ValueError, match="needs a batch"):
         wnzoo.create_model("wn_resnet20", init="datadep")
+
+
+def test_family_and_twin_come_from_the_registry():
+    from wnzoo.registry import bn_twin, norm_of, twin_name
+    assert [norm_of(n) for n in ("wn_resnet110", "bn_wrn40_10.c100")] == ["wn", "bn"]
+    assert twin_name("wn_wrn16_4.c10") == "bn_wrn16_4.c10" and bn_twin("bn_resnet20") is None
+    with pytest.raises(ValueError, match="unknown model 'wn_resnet21'"):
+        norm_of("wn_resnet21")

@@ -137,3 +137,9 @@ def test_cli_writes_png(tmp_path):
     bad = subprocess.run([sys.executable, str(repo / "eval" / "signal_propagation.py"), "--model", "wn_resnet99"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown model" in bad.stderr
+
+
+def test_compared_schemes_by_family():
+    from wnzoo.diagnostics import compared_schemes
+    assert compared_schemes("wn_resnet110") == ["proposed", "default", "datadep", "hanin"]
+    assert compared_schemes("bn_wrn40_10") == ["orthogonal", "he"]

@@ -104,7 +104,7 @@ def test_config_validation_messages(tmp_path):
         load_config(None, ["lr=fast"])
     with pytest.raises(ConfigError, match="epochs must be an integer"):
         load_config(None, ["epochs=1.5"])
-    with pytest.raises(ConfigError, match="did you mean"):
+    with pytest.raises(ConfigError, match="(?i)did you mean"):
         load_config(None, ["model=wn_resnet21"])
     with pytest.raises(ConfigError, match="init='orthogonal' does not apply to wn_resnet20"):
         load_config(None, ["init=orthogonal"])
@@ -204,6 +204,17 @@ def test_resume_is_bit_exact(tiny_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="different recipe.*lr"):
         train(_cfg(tiny_data, lr=0.2), tmp_path / "split", resume=True, progress=False)
+
+
+def test_resume_may_change_what_is_not_the_recipe(tiny_data, tmp_path):
+    """The keys a resume may change are the ones a card's reproduce command leaves out: one list."""
+    from wnzoo.training.config import NON_RECIPE_KEYS
+
+    assert {"data", "device", "compile", "eval_every", "eval_subset", "notes"} <= set(NON_RECIPE_KEYS)
+    train(_cfg(tiny_data), tmp_path / "r", progress=False, time_limit_s=1e-9)
+    done = train(_cfg(tiny_data, notes="moved", eval_subset=10, log_every=1), tmp_path / "r", resume=True,
+                 progress=False)
+    assert done["status"] == "finished"
 
 
 def test_state_only_run_exports_what_a_full_run_writes(tiny_data, tmp_path):

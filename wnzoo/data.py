@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._constants import DATASET_STATS
+from ._datasets import DATASETS
 
-__all__ = ["load_split", "detect_source", "DeviceData", "DataError", "DATASET_STATS", "train_val_indices",
+__all__ = ["load_split", "detect_source", "DeviceData", "DataError", "DATASETS", "train_val_indices",
            "normalize"]
 
 # torchvision's extracted folder per dataset: its name, batch files per split, metadata file, label key
@@ -40,9 +40,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _local_hint(dataset: str) -> str:
-    stats, tv = DATASET_STATS[dataset], _TORCHVISION[dataset]["folder"]
+    stats, tv = DATASETS[dataset], _TORCHVISION[dataset]["folder"]
     return (f"pass --data with a local folder: a copy of the dataset repo (on a machine with network: "
-            f"`hf download {stats['hf_id']} --repo-type dataset --local-dir DIR`), torchvision's {tv} "
+            f"`hf download {stats.hf_id} --repo-type dataset --local-dir DIR`), torchvision's {tv} "
             f"folder, or a folder with train.npz/test.npz (arrays 'images' (N,32,32,3) uint8 and 'labels')")
 
 
@@ -57,7 +57,7 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, dataset: str, origin: 
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
     if len(labels) != len(images):
         raise DataError(f"{origin}: {len(images)} images but {len(labels)} labels")
-    n = DATASET_STATS[dataset]["num_classes"]
+    n = DATASETS[dataset].num_classes
     if len(labels) and (labels.min() < 0 or labels.max() >= n):
         raise DataError(f"{origin}: labels span [{labels.min()}, {labels.max()}] but {dataset} has {n} classes; "
                         f"is this the right dataset (--dataset cifar10 / cifar100)?")
@@ -126,14 +126,14 @@ def _decode_table(table, dataset: str, origin: str) -> tuple[np.ndarray, np.ndar
     """Images (PNG bytes in an HF ``Image`` struct column) and labels from an arrow table."""
     from PIL import Image
 
-    stats = DATASET_STATS[dataset]
-    img_key, label_key = stats["image_key"], stats["label_key"]
+    stats = DATASETS[dataset]
+    img_key, label_key = stats.image_key, stats.label_key
     names = table.column_names
     if img_key not in names or label_key not in names:
-        other = next((d for d, s in DATASET_STATS.items() if d != dataset and s["label_key"] in names
-                      and s["label_key"] != label_key), None)
+        other = next((d for d, s in DATASETS.items() if d != dataset and s.label_key in names
+                      and s.label_key != label_key), None)
         hint = (f"it looks like {other}: pass --dataset {other} (or a {dataset} model)" if other else
-                f"use a copy of {stats['hf_id']}")
+                f"use a copy of {stats.hf_id}")
         raise DataError(f"{origin}: columns {names} lack {img_key!r} and {label_key!r} that {dataset} needs; {hint}")
     col = table.column(img_key).combine_chunks()
     if not hasattr(col, "field"):
@@ -222,10 +222,10 @@ def _detect_local(folder: Path, dataset: str) -> tuple[str, Path]:
 def detect_source(source: str | Path | None, dataset: str = "cifar10") -> tuple[str, str | Path]:
     """``(kind, location)`` of a data source: ``'npz'``, ``'torchvision'`` or ``'parquet'`` with the
     folder to read, or ``'hub'`` with the dataset id (``None`` means ``dataset``'s default id)."""
-    if dataset not in DATASET_STATS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASET_STATS)}")
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     if source is None:
-        return "hub", DATASET_STATS[dataset]["hf_id"]
+        return "hub", DATASETS[dataset].hf_id
     path = Path(source).expanduser()
     if path.is_file():
         raise DataError(f"data path {path} is a file; pass the folder that holds it")
@@ -234,7 +234,7 @@ def detect_source(source: str | Path | None, dataset: str = "cifar10") -> tuple[
     if _HUB_ID.match(str(source)):
         return "hub", str(source)
     raise DataError(f"data path {path} does not exist; {_local_hint(dataset)}, or an HF dataset id such as "
-                    f"{DATASET_STATS[dataset]['hf_id']}")
+                    f"{DATASETS[dataset].hf_id}")
 
 
 _LOADERS = {"npz": _load_npz, "torchvision": _load_torchvision, "parquet": _load_parquet, "hub": _load_hub}
@@ -281,12 +281,12 @@ class DeviceData:
     @classmethod
     def from_arrays(cls, images: np.ndarray, labels: np.ndarray, dataset: str, device: torch.device | str = "cpu",
                     **kwargs) -> "DeviceData":
-        stats = DATASET_STATS[dataset]
+        stats = DATASETS[dataset]
         dev = torch.device(device)
         return cls(images=torch.from_numpy(np.ascontiguousarray(images)).to(dev).permute(0, 3, 1, 2).contiguous(),
                    labels=torch.from_numpy(labels).to(dev),
-                   mean=torch.tensor(stats["mean"], device=dev).view(1, 3, 1, 1),
-                   std=torch.tensor(stats["std"], device=dev).view(1, 3, 1, 1), **kwargs)
+                   mean=torch.tensor(stats.mean, device=dev).view(1, 3, 1, 1),
+                   std=torch.tensor(stats.std, device=dev).view(1, 3, 1, 1), **kwargs)
 
     def __len__(self) -> int:
         return len(self.labels)

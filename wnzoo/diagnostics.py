@@ -17,9 +17,13 @@ from torch import nn
 
 from .init import apply_init
 from .layers import WNLinear
+from .registry import create_model, norm_of
 
 __all__ = ["SignalProp", "signal_propagation", "stage_ratios", "synthetic_mlp", "synthetic_resnet",
-           "synthetic_propagation", "compare_inits", "plot_signal_propagation"]
+           "synthetic_propagation", "compare_inits", "compared_schemes", "plot_signal_propagation"]
+
+# The schemes Figure 1 compares for each family: the paper's init and its baselines.
+_COMPARED = {"wn": ("proposed", "default", "datadep", "hanin"), "bn": ("orthogonal", "he")}
 
 
 @dataclass
@@ -163,11 +167,9 @@ def compare_inits(name: str, schemes: list[str], batch: int = 16, image_size: in
                   **model_kwargs) -> dict[str, SignalProp]:
     """Signal propagation of zoo model ``name`` under each init scheme, on the same random inputs.
 
-    Inputs are standard-normal images (what normalized data looks like to the stem at init);
-    ``datadep`` gets its init batch from the same distribution.
+    Inputs are standard-normal images (what normalized data looks like to the stem at init), and
+    they are the batch that data-dependent schemes initialize from.
     """
-    from .registry import create_model
-
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, image_size, image_size, generator=gen)
     out = {}
@@ -175,9 +177,14 @@ def compare_inits(name: str, schemes: list[str], batch: int = 16, image_size: in
         torch.manual_seed(seed)
         model = create_model(name, **model_kwargs)
         with torch.no_grad():
-            apply_init(model, scheme, x if scheme == "datadep" else None)
+            apply_init(model, scheme, x)
         out[scheme] = signal_propagation(model, x, seed)
     return out
+
+
+def compared_schemes(name: str) -> list[str]:
+    """The init schemes compared for zoo model ``name``: the paper's and its baselines, by family."""
+    return list(_COMPARED[norm_of(name)])
 
 
 def plot_signal_propagation(results: dict[str, SignalProp], path: str, title: str = "") -> None:

@@ -1,8 +1,8 @@
 """Accuracy of a model on a test set, and the reproduction table that ``python eval/cifar.py`` prints.
 
-The table evaluates published variants (``wnzoo.hub.published()``) or local checkpoints on their
+The table evaluates published variants (:mod:`wnzoo.published`) or local checkpoints on their
 dataset's official test split and puts each measured top-1 beside the model card's, the paper's
-(Table 1, kept here as data) and the BN twin's card. Models are evaluated fused
+(Table 1, :mod:`wnzoo.paper`) and the BN twin's card. Models are evaluated fused
 (:func:`wnzoo.fuse`), channels_last, from uint8 data held on the device, in batches of 256 (the
 fastest size measured on 2 CPU cores; 1000 was 20 % slower) under ``torch.inference_mode``: the
 fast path, with the same predictions as the plain model.
@@ -10,20 +10,25 @@ fast path, with the same predictions as the plain model.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from timm.models import split_model_name_tag
 from torch import nn
+from tqdm.auto import tqdm
 
-from ._constants import TAG_DATASET
+from . import published
+from ._datasets import TAG_DATASET
+from ._io import WeightsError, sha256_file, weights_path
 from .data import DataError, DeviceData, load_split
-from .registry import twin_name
+from .layers import fuse
+from .paper import PAPER_TABLE1, paper_row
+from .registry import bn_twin, create_model
 
-__all__ = ["predict", "evaluate", "PaperRow", "PAPER_TABLE1", "paper_row", "bn_twin", "resolve_device",
-           "load_test_data", "inference_model", "reproduction_table", "card_mismatches",
-           "format_table", "format_paper_table", "CARD_TOLERANCE", "TEST_SPLIT_SIZE"]
+__all__ = ["predict", "evaluate", "resolve_device", "load_test_data", "inference_model", "reproduction_table",
+           "card_mismatches", "problems", "exit_code", "format_table", "format_paper_table", "CARD_TOLERANCE",
+           "TEST_SPLIT_SIZE"]
 
 # A published checkpoint must reproduce its card's top-1 to within this many points, on the whole
 # official test split (10,000 images for CIFAR-10 and CIFAR-100); a subset is not held to the card.
@@ -39,7 +44,6 @@ def predict(model: nn.Module, data: DeviceData, batch_size: int = 500, progress:
     out = []
     batches = data.batches(0, batch_size, train=False)
     if progress:
-        from tqdm.auto import tqdm
         batches = tqdm(batches, total=data.num_batches(batch_size, False), desc=desc, unit="batch", leave=False)
     dev_type = data.labels.device.type
     for x, _ in batches:
@@ -56,57 +60,6 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 500, **kwargs
     return dict(top1=100.0 * (top5[:, 0] == y).float().mean().item(),
                 top5=100.0 * (top5 == y[:, None]).any(1).float().mean().item(),
                 loss=nn.functional.cross_entropy(logits, y).item(), n=len(y))
-
-
-@dataclass(frozen=True)
-class PaperRow:
-    """One row of the paper's Table 1 (test error %, mean ± std over seeds where given) and the zoo
-    variant whose recipe it corresponds to (``None``: no zoo checkpoint follows that method)."""
-
-    dataset: str
-    architecture: str
-    method: str
-    error: float
-    std: float | None
-    variant: str | None
-
-    @property
-    def top1(self) -> float:
-        return round(100.0 - self.error, 2)
-
-
-# docs/paper.md §4.1, verbatim. Zoo WN checkpoints follow "proposed init + warmup" (+ cutout where
-# the paper used it), BN twins the BN rows; note the paper's ResNet-56/110 BN numbers are quoted from
-# He et al. (post-activation, option-A shortcuts), a slightly different network from our twin.
-PAPER_TABLE1: tuple[PaperRow, ...] = (
-    PaperRow("cifar10", "ResNet-56", "WN w/ datadep init", 9.19, 0.24, None),
-    PaperRow("cifar10", "ResNet-56", "WN w/ proposed init", 7.87, 0.14, None),
-    PaperRow("cifar10", "ResNet-56", "WN w/ proposed init + warmup", 7.20, 0.12, "wn_resnet56.c10"),
-    PaperRow("cifar10", "ResNet-56", "BN (He et al.)", 6.97, None, "bn_resnet56.c10"),
-    PaperRow("cifar10", "ResNet-110", "WN w/ datadep init", 9.33, 0.10, None),
-    PaperRow("cifar10", "ResNet-110", "WN w/ proposed init", 7.71, 0.14, None),
-    PaperRow("cifar10", "ResNet-110", "WN w/ proposed init + warmup", 6.69, 0.11, "wn_resnet110.c10"),
-    PaperRow("cifar10", "ResNet-110", "WN (Shang et al.)", 7.46, None, None),
-    PaperRow("cifar10", "ResNet-110", "BN (He et al.)", 6.61, 0.16, "bn_resnet110.c10"),
-    PaperRow("cifar10", "WRN-40-10", "WN w/ datadep init + cutout", 6.10, 0.23, None),
-    PaperRow("cifar10", "WRN-40-10", "WN w/ proposed init + cutout", 4.74, 0.14, None),
-    PaperRow("cifar10", "WRN-40-10", "WN w/ proposed init + cutout + warmup", 4.75, 0.08, "wn_wrn40_10.c10"),
-    PaperRow("cifar10", "WRN-40-10", "BN w/ orthogonal init + cutout", 3.53, 0.38, "bn_wrn40_10.c10"),
-    PaperRow("cifar100", "ResNet-164", "WN w/ datadep init + cutout", 30.26, 0.51, None),
-    PaperRow("cifar100", "ResNet-164", "WN w/ proposed init + cutout", 27.30, 0.49, None),
-    PaperRow("cifar100", "ResNet-164", "WN w/ proposed init + cutout + warmup", 25.31, 0.26, "wn_resnet164.c100"),
-    PaperRow("cifar100", "ResNet-164", "BN w/ orthogonal init + cutout", 25.52, 0.17, "bn_resnet164.c100"),
-)
-
-
-def paper_row(variant: str) -> PaperRow | None:
-    """The Table 1 row a zoo variant (``arch.tag``) reproduces, if the paper has one."""
-    return next((r for r in PAPER_TABLE1 if r.variant == variant), None)
-
-
-def bn_twin(variant: str) -> str | None:
-    """``wn_resnet56.c10`` → ``bn_resnet56.c10``; ``None`` for BN models (they are the twins)."""
-    return twin_name(variant) if variant.startswith("wn_") else None
 
 
 def resolve_device(device: torch.device | str | None = None) -> torch.device:
@@ -133,8 +86,6 @@ def load_test_data(source: str | Path | None, dataset: str, device: torch.device
 def inference_model(model: nn.Module, device: torch.device | str = "cpu", channels_last: bool = True,
                     compile: bool = False) -> nn.Module:
     """The fast, prediction-identical form of ``model``: fused, on ``device``, channels_last, optionally compiled."""
-    from .layers import fuse
-
     fused = fuse(model).to(device)
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
@@ -143,32 +94,20 @@ def inference_model(model: nn.Module, device: torch.device | str = "cpu", channe
 
 def _build(name: str, checkpoint: str | Path | None) -> tuple[nn.Module, str, bool]:
     """Model with weights, its ``arch.tag`` and whether the weights are the published ones."""
-    from . import create_model
-    from .hub import published, sha256_file
-
     if checkpoint is None:  # the hub verifies the pinned sha256, so these are the published weights
         model = create_model(name, pretrained=True)
     else:
         model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)))
     cfg = model.pretrained_cfg
     variant = f"{cfg['architecture']}.{cfg['tag']}"
-    rec = published().get(variant)
-    is_published = rec is not None and (checkpoint is None or sha256_file(_weights_path(checkpoint)) == rec["sha256"])
+    rec = published.get(variant)
+    is_published = rec is not None and (checkpoint is None or sha256_file(weights_path(checkpoint)) == rec.sha256)
     return model, variant, is_published
 
 
-def _weights_path(checkpoint: str | Path) -> Path:
-    from .hub import WEIGHTS_FILE
-
-    path = Path(checkpoint)
-    return path / WEIGHTS_FILE if path.is_dir() else path
-
-
 def _card_top1(variant: str | None) -> float | None:
-    from .hub import published
-
-    rec = published().get(variant) if variant else None
-    return rec["metrics"]["top1"] if rec else None
+    rec = published.get(variant) if variant else None
+    return rec.top1 if rec else None
 
 
 def _row(model: nn.Module, variant: str, is_published: bool, checkpoint: str | Path | None, data: DeviceData,
@@ -194,10 +133,8 @@ def _row(model: nn.Module, variant: str, is_published: bool, checkpoint: str | P
 
 
 def _dataset(variant: str) -> str:
-    from .hub import published
-
-    rec = published().get(variant)
-    return rec["dataset"] if rec else TAG_DATASET[variant.split(".", 1)[1]]
+    rec = published.get(variant)
+    return rec.dataset if rec else TAG_DATASET[split_model_name_tag(variant)[1]]
 
 
 def reproduction_table(models: list[str] | None = None, checkpoint: str | Path | None = None,
@@ -212,15 +149,13 @@ def reproduction_table(models: list[str] | None = None, checkpoint: str | Path |
     cannot be had gets ``{'model', 'error'}`` instead, so one missing dataset or download does not
     hide the rest of the table. Unknown names and devices raise ``ValueError``.
     """
-    from .hub import WeightsError, published
-
     if checkpoint is not None and (not models or len(models) != 1):
         raise ValueError("a checkpoint needs exactly one architecture to load it into, e.g. "
                          "--checkpoint model.safetensors --model wn_resnet20")
     device = resolve_device(device)
     loaded: dict[str, DeviceData | DataError] = {}
     rows = []
-    for name in models or sorted(published()):
+    for name in models or sorted(published.variants()):
         try:
             model, variant, is_published = _build(name, checkpoint)
         except WeightsError as e:
@@ -244,6 +179,23 @@ def card_mismatches(rows: list[dict], tolerance: float = CARD_TOLERANCE) -> list
     more than ``tolerance`` points."""
     return [r for r in rows if "error" not in r and r["published"] and r["full_test_split"] and r["card_top1"] is not None
             and abs(r["top1"] - r["card_top1"]) > tolerance + 1e-9]
+
+
+def problems(rows: list[dict], tolerance: float = CARD_TOLERANCE) -> list[str]:
+    """What ``eval/cifar.py`` reports on stderr besides the table: rows that could not be evaluated,
+    published weights measured on part of the test split only, and card mismatches."""
+    lines = [f"error: {r['model']}: {r['error']}" for r in rows if "error" in r]
+    lines += [f"note: {r['model']} was measured on {r['n']} images, not the whole test split; not compared with its "
+              f"card" for r in rows if "error" not in r and r["published"] and not r["full_test_split"]]
+    lines += [f"error: {r['model']} measures {r['top1']:.2f} % top-1, its card says {r['card_top1']:.2f} % "
+              f"(tolerance {tolerance}); the weights or the evaluation changed"
+              for r in card_mismatches(rows, tolerance)]
+    return lines
+
+
+def exit_code(rows: list[dict], tolerance: float = CARD_TOLERANCE) -> int:
+    """1 when a published checkpoint is off its card, 2 when a row could not be evaluated, else 0."""
+    return 1 if card_mismatches(rows, tolerance) else 2 if any("error" in r for r in rows) else 0
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:

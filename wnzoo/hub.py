@@ -1,10 +1,8 @@
 """Resolve, download, verify and load pretrained weights (safetensors only, never pickle).
 
-Published variants are listed in ``wnzoo/published.json`` (written by ``hub/publish.py``): per
+Published variants are listed in ``wnzoo/published.json`` (:mod:`wnzoo.published`): per
 ``arch.tag`` the Hub repo id, the pinned revision, the sha256 of ``model.safetensors`` and its
-metrics. The record is looked up when weights are loaded, not when the models are registered, so
-a record added later (a new release, a test) is honoured at once. Resolution order for
-``pretrained=True``:
+metrics. Resolution order for ``pretrained=True``:
 
 1. ``pretrained_cfg_overlay=dict(file=...)`` (or timm's ``local-dir:``): a local safetensors file,
    or a folder holding one; it is the user's own file, so no pinned hash applies;
@@ -19,87 +17,37 @@ Published weights must match the pinned sha256 whatever their source, and loadin
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-from functools import lru_cache
 from pathlib import Path
 
-import torch
+from huggingface_hub import constants, hf_hub_download
+from timm.models import get_pretrained_cfg
 from torch import nn
 
-__all__ = ["published", "published_cfg", "load_pretrained", "resolve_weights", "sha256_file",
-           "load_weights_file", "PUBLISHED_JSON", "RELEASE_DIR", "WEIGHTS_FILE", "WeightsError"]
+from . import published
+from ._io import WEIGHTS_FILE, WeightsError, load_weights_file, sha256_file, weights_path
+
+__all__ = ["published_cfg", "load_pretrained", "resolve_weights", "sha256_file", "load_weights_file",
+           "RELEASE_DIR", "WEIGHTS_FILE", "WeightsError"]
 
 _log = logging.getLogger(__name__)
 
-PUBLISHED_JSON = Path(__file__).with_name("published.json")
 RELEASE_DIR = Path(__file__).resolve().parent.parent / "hub"
-WEIGHTS_FILE = "model.safetensors"
-
-
-class WeightsError(RuntimeError):
-    """Weights that cannot be found, verified or loaded; the message says how to fix it."""
-
-
-@lru_cache(maxsize=None)
-def published() -> dict[str, dict]:
-    """``arch.tag`` → record (``repo_id``, ``revision``, ``sha256``, ``metrics``, …) of every published variant.
-
-    Read from :data:`PUBLISHED_JSON` once; call ``published.cache_clear()`` after changing that file.
-    """
-    if not PUBLISHED_JSON.exists():
-        return {}
-    return json.loads(PUBLISHED_JSON.read_text())
-
-
-# The hf_hub_id each variant's timm cfg got from the registry when the models were registered.
-_CFG_HUB_IDS: dict[str, str] = {}
 
 
 def published_cfg(name: str) -> dict:
     """The pretrained-cfg fields (weight location) of a published variant; empty if unpublished."""
-    rec = published().get(name)
-    if rec is None:
-        return {}
-    _CFG_HUB_IDS[name] = rec["repo_id"]
-    return dict(hf_hub_id=rec["repo_id"], hf_hub_filename=WEIGHTS_FILE)
+    rec = published.get(name)
+    return dict(hf_hub_id=rec.repo_id, hf_hub_filename=WEIGHTS_FILE) if rec else {}
 
 
 def _requested_hub_id(name: str, cfg: dict) -> str | None:
-    """The repo the caller named (``hf-hub:`` or an overlay), or None when the cfg holds the registry's own
-    default, which the current record supersedes."""
+    """The repo the caller named (``hf-hub:`` or an overlay), or None when the cfg holds the default
+    registered with the model, which the current record supersedes."""
     hub_id = cfg.get("hf_hub_id")
-    return None if hub_id == _CFG_HUB_IDS.get(name) else hub_id
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; anything else (pickles included) is refused."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_FILE
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist; pass a model.safetensors file or a folder holding one")
-    if path.suffix != ".safetensors":
-        raise WeightsError(f"{path} is not a .safetensors file; wnzoo never unpickles weights. Convert it with "
-                           f"safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupted: "
-                           f"delete it and download it again") from e
+    default = get_pretrained_cfg(name)
+    return None if default is not None and hub_id == default.hf_hub_id else hub_id
 
 
 def _check_sha(path: Path, want: str | None, origin: str, fix: str) -> None:
@@ -127,31 +75,28 @@ def _hub_error(e: Exception) -> str:
 def resolve_weights(name: str, cfg: dict, cache_dir: str | os.PathLike | None = None) -> Path:
     """Find the weight file of ``name`` (``arch.tag``) following the module's resolution order."""
     if cfg.get("file"):
-        path = Path(cfg["file"])
-        path = path / WEIGHTS_FILE if path.is_dir() else path
+        path = weights_path(cfg["file"])
         if not path.is_file():
             raise WeightsError(f"pretrained file {path} does not exist")
         return path  # an explicit file is the user's own: no pinned hash to compare with
-    rec = published().get(name)
-    hub_id = _requested_hub_id(name, cfg) or (rec["repo_id"] if rec else None)
+    rec = published.get(name)
+    hub_id = _requested_hub_id(name, cfg) or (rec.repo_id if rec else None)
     if not hub_id:
-        names = sorted(published())
+        names = sorted(published.variants())
         raise WeightsError(f"{name} has no published weights yet; published variants: {names or 'none'}. "
                            f"Use pretrained=False, or pass pretrained_cfg_overlay=dict(file='model.safetensors')")
     repo_id, _, revision = hub_id.partition("@")
     revision = revision or None
     # The published repo is read at its pinned revision (or its release tag) and must match the pinned hash.
-    pinned = rec is not None and repo_id == rec["repo_id"] and revision in (None, rec["revision"], rec.get("hub_tag"))
-    want = rec["sha256"] if pinned else None
-    revision = revision or (rec["revision"] if pinned else None)
+    pinned = rec is not None and repo_id == rec.repo_id and revision in (None, rec.revision, rec.hub_tag)
+    want = rec.sha256 if pinned else None
+    revision = revision or (rec.revision if pinned else None)
     origin = f"Hub {repo_id}@{revision or 'main'}"
     errors = []
     try:
-        from huggingface_hub import constants, hf_hub_download
-
         # A variant pinned to its local release commit is not on huggingface.co: ask only the cache there
         # (a mirror set with HF_ENDPOINT may serve it), instead of retrying a download that cannot succeed.
-        local_only = pinned and not rec.get("pushed") and constants.ENDPOINT.rstrip("/") == "https://huggingface.co"
+        local_only = pinned and not rec.pushed and constants.ENDPOINT.rstrip("/") == "https://huggingface.co"
         path = Path(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision, cache_dir=cache_dir,
                                     local_files_only=local_only))
     except Exception as e:  # no network, offline cache miss, missing repo or file: fall back, keep the reason
@@ -163,7 +108,7 @@ def resolve_weights(name: str, cfg: dict, cache_dir: str | os.PathLike | None = 
     if pinned and release.is_file():
         _check_sha(release, want, "release copy", f"Restore it from the wnzoo repository (git checkout -- hub/{name})")
         # expected for a variant not pushed to the Hub yet (pinned to its local commit), a surprise otherwise
-        _log.log(logging.WARNING if rec.get("pushed") else logging.INFO, "%s unavailable (%s); loading the release "
+        _log.log(logging.WARNING if rec.pushed else logging.INFO, "%s unavailable (%s); loading the release "
                  "copy %s", origin, errors[0], release)
         return release
     if pinned:

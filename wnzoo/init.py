@@ -26,7 +26,7 @@ from torch import nn
 from .layers import is_wn
 
 __all__ = ["proposed", "proposed_he", "default", "hanin", "datadep", "orthogonal", "he", "apply_init",
-           "WN_SCHEMES", "BN_SCHEMES", "gamma_for"]
+           "WN_SCHEMES", "BN_SCHEMES", "SCHEMES", "DEFAULT_INIT", "DATA_DEPENDENT", "gamma_for"]
 
 
 def _wn_layers(model: nn.Module, scheme: str) -> list[nn.Module]:
@@ -170,14 +170,16 @@ def he(model: nn.Module) -> nn.Module:
 WN_SCHEMES: dict[str, Callable] = {"proposed": proposed, "proposed_he": proposed_he, "default": default,
                                    "hanin": hanin, "datadep": datadep}
 BN_SCHEMES: dict[str, Callable] = {"orthogonal": orthogonal, "he": he}
+SCHEMES = {"wn": WN_SCHEMES, "bn": BN_SCHEMES}         # by model family (``wnzoo.registry.norm_of``)
+DEFAULT_INIT = {"wn": "proposed", "bn": "orthogonal"}  # the paper's choice for each family
+DATA_DEPENDENT = frozenset({"datadep"})                # schemes that read an input batch
 
 
 def apply_init(model: nn.Module, scheme: str, batch: torch.Tensor | None = None) -> nn.Module:
-    """Apply a scheme by name; ``batch`` is used (and required) by ``datadep`` only."""
-    if scheme == "datadep":
-        return datadep(model, batch)
+    """Apply a scheme by name. ``batch`` (normalized inputs) goes to the data-dependent schemes,
+    which require it; the others ignore it, so a caller can always pass one."""
     fn = WN_SCHEMES.get(scheme) or BN_SCHEMES.get(scheme)
     if fn is None:
         raise ValueError(f"unknown init {scheme!r}; WN models take one of {sorted(WN_SCHEMES)}, "
                          f"BN models one of {sorted(BN_SCHEMES)}")
-    return fn(model)
+    return fn(model, batch) if scheme in DATA_DEPENDENT else fn(model)

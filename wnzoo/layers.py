@@ -19,8 +19,9 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["WNConv2d", "WNLinear", "is_wn", "fuse", "fold_bn_into_conv", "fold_bn_into_linear"]
+__all__ = ["WNConv2d", "WNLinear", "is_wn", "fuse", "fold_bn_into_linear"]
 
 _LEGACY_KEYS = (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1"))
 
@@ -60,6 +61,18 @@ class _WeightNorm(nn.Module):
         scale = self.g / self.v_norm()
         return self.v * scale.view(self._gain_shape)
 
+    def to_plain(self) -> nn.Module:
+        """The plain layer computing the same function, with the effective weight frozen in."""
+        plain = self._plain()
+        with torch.no_grad():
+            plain.weight.copy_(self.weight)
+            if self.bias is not None:
+                plain.bias.copy_(self.bias)
+        return plain
+
+    def _plain(self) -> nn.Module:
+        raise NotImplementedError
+
     @property
     def fan_in(self) -> int:
         return self.v[0].numel()
@@ -89,14 +102,9 @@ class WNConv2d(_WeightNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
-    def to_plain(self) -> nn.Conv2d:
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+    def _plain(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                          bias=self.bias is not None, device=self.v.device, dtype=self.v.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(self.weight)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -114,14 +122,9 @@ class WNLinear(_WeightNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
-    def to_plain(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.v.device, dtype=self.v.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(self.weight)
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
+    def _plain(self) -> nn.Linear:
+        return nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.v.device,
+                         dtype=self.v.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, role={self.init_role}"
@@ -131,36 +134,19 @@ def is_wn(module: nn.Module) -> bool:
     return isinstance(module, _WeightNorm)
 
 
-def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
-
-
-@torch.no_grad()
-def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """Fold an eval-mode BN that directly follows ``conv`` into it (returns a new conv with bias)."""
-    scale, shift = _bn_scale_shift(bn)
-    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
-    out.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-    out.bias.copy_(bias * scale + shift)
-    return out
-
-
 @torch.no_grad()
 def fold_bn_into_linear(bn: nn.BatchNorm2d, linear: nn.Linear) -> nn.Linear:
-    """Fold an eval-mode BN that precedes ``linear`` through a (linear) global average pool."""
-    scale, shift = _bn_scale_shift(bn)
+    """Fold an eval-mode BN that precedes ``linear`` through a (linear) global average pool.
+
+    torch's ``fuse_linear_bn_eval`` folds a BN that *follows* a linear layer; this one comes before it.
+    """
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
     out = nn.Linear(linear.in_features, linear.out_features, device=linear.weight.device,
                     dtype=linear.weight.dtype)
     out.weight.copy_(linear.weight * scale.view(1, -1))
     out.bias.copy_(linear.bias + linear.weight @ shift)
     return out
-
-
-def _get(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path)
 
 
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -181,9 +167,9 @@ def fuse(model: nn.Module) -> nn.Module:
             _set(fused, name, module.to_plain())
     folds: Iterable[tuple[str, str]] = fused.bn_folds() if hasattr(fused, "bn_folds") else ()
     for producer, bn_name in folds:
-        bn, prod = _get(fused, bn_name), _get(fused, producer)
+        bn, prod = fused.get_submodule(bn_name), fused.get_submodule(producer)
         if isinstance(prod, nn.Conv2d):
-            _set(fused, producer, fold_bn_into_conv(prod, bn))
+            _set(fused, producer, fuse_conv_bn_eval(prod, bn))
         else:
             _set(fused, producer, fold_bn_into_linear(bn, prod))
         _set(fused, bn_name, nn.Identity())

@@ -23,6 +23,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,26 +38,32 @@ from typing import Any
 
 import torch
 import yaml
+from huggingface_hub import HfApi, ModelCard, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
+from timm.models import filter_pretrained_cfg, split_model_name_tag
 
-from . import __version__
-from ._constants import DATASET_STATS, TAG_DATASET
-from .hub import PUBLISHED_JSON, RELEASE_DIR, WEIGHTS_FILE, load_weights_file, published, sha256_file
+from . import __version__, evaluation, published
+from ._datasets import DATASETS, TAG_DATASET
+from ._io import WEIGHTS_FILE, atomic_write, load_weights_file, save_safetensors, sha256_file, write_json
+from .data import DeviceData, load_split
+from .hub import RELEASE_DIR
+from .layers import fuse
 from .model_card import MODEL_CARD, variant_card, zoo_card
-from .registry import twin_name
-from .training.checkpoint import RunFolder, atomic_write, save_weights, write_json
+from .published import PUBLISHED_JSON, PublishedVariant
+from .registry import create_model, is_zoo_model, twin_name
+from .training import RunFolder, load_config
+from .training.config import NON_RECIPE_KEYS
 
 __all__ = ["publish", "PublishError", "Run", "build_folder", "measure", "verify_folder", "commit_folder",
-           "commit_message", "push_folder", "write_zoo_card", "read_registry", "REPO_ROOT", "HUB_FILES"]
+           "commit_message", "push_folder", "write_zoo_card"]
 
 _log = logging.getLogger(__name__)
 
 REPO_ROOT = RELEASE_DIR.parent
 HUB_FILES = (WEIGHTS_FILE, "config.json", "README.md", "recipe.yaml", "metrics.jsonl", "curves.png")
-RELEASE_MAX_BYTES = 10_000_000        # per weight file kept in the repository (docs/design.md)
+RELEASE_MAX_BYTES = 10_000_000        # per weight file kept in the repository
 RELEASE_TOTAL_MAX_BYTES = 48 << 20    # all release copies together
 LOG_TOLERANCE = 1.0                   # points of top-1 between the training log and the publish-time measurement
-# Run-config keys that do not change the trained weights' recipe (where the data is, how it is logged).
-_NOT_RECIPE = ("data", "device", "compile", "log_every", "eval_every", "eval_subset", "notes")
 # A fixed identity and date make the local commit (and so the pinned revision) a function of the files only.
 _GIT_ENV = dict(GIT_AUTHOR_NAME="wnzoo", GIT_AUTHOR_EMAIL="wnzoo@users.noreply.huggingface.co",
                 GIT_COMMITTER_NAME="wnzoo", GIT_COMMITTER_EMAIL="wnzoo@users.noreply.huggingface.co",
@@ -96,7 +103,7 @@ class Run:
         if summary.get("status") != "finished":
             raise PublishError(f"run {d} has status {summary.get('status')!r}, not 'finished'; finish it first "
                                f"(python train/train.py -c ... --out {d} --resume)")
-        return cls(d, yaml.safe_load((d / RunFolder.CONFIG).read_text()), summary, folder.read_metrics())
+        return cls(d, folder.read_config(), summary, folder.read_metrics())
 
     def logged_test_acc(self) -> float | None:
         """The final test accuracy the training loop logged (None when it evaluated on a validation split)."""
@@ -105,10 +112,8 @@ class Run:
 
 def parse_repo_id(repo_id: str) -> tuple[str, str, str]:
     """``'wnzoo/wn_resnet20.c10'`` → ``('wn_resnet20.c10', 'wn_resnet20', 'c10')``, checked against the zoo."""
-    from .registry import is_zoo_model
-
     org, _, name = repo_id.partition("/")
-    arch, _, tag = name.partition(".")
+    arch, tag = split_model_name_tag(name)
     if not org or not is_zoo_model(arch) or tag not in TAG_DATASET:
         raise PublishError(f"repo id {repo_id!r} must be '<org>/<arch>.<tag>' with a zoo architecture and a tag in "
                            f"{sorted(TAG_DATASET)}, e.g. 'wnzoo/wn_resnet56.c10'")
@@ -117,8 +122,6 @@ def parse_repo_id(repo_id: str) -> tuple[str, str, str]:
 
 def recipe_for(run: Run, recipe: str | os.PathLike | None = None) -> tuple[str, list[str]]:
     """The recipe file (repo-relative) that reproduces ``run`` and the ``--set`` overrides it still needs."""
-    from .training import load_config
-
     path = Path(recipe) if recipe else REPO_ROOT / "configs" / f"{run.dir.name}.yaml"
     path = path if path.is_absolute() else (Path.cwd() / path)
     if not path.is_file():
@@ -131,7 +134,7 @@ def recipe_for(run: Run, recipe: str | os.PathLike | None = None) -> tuple[str, 
                            f"be a tracked file such as configs/X.yaml") from None
     want = load_config(path).to_dict()
     overrides = [shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in run.config.items()
-                 if k not in _NOT_RECIPE and want.get(k) != v]
+                 if k not in NON_RECIPE_KEYS and want.get(k) != v]
     return rel.as_posix(), overrides
 
 
@@ -148,9 +151,7 @@ def recipe_notes(recipe_path: Path) -> str:
 def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
     """Write the weights (strictly loaded and re-saved), the recipe, metrics and curves into ``out``;
     returns the model holding the weights."""
-    from .registry import create_model
-
-    arch, tag = name.split(".")
+    arch, tag = split_model_name_tag(name)
     dataset = TAG_DATASET[tag]
     if run.config.get("model") != arch or run.config.get("dataset") != dataset:
         raise PublishError(f"run {run.dir} trained {run.config.get('model')} on {run.config.get('dataset')}, but "
@@ -159,7 +160,7 @@ def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise PublishError(f"{run.dir / WEIGHTS_FILE} holds non-finite values in {bad[:5]}; the run diverged")
-    model = create_model(arch, num_classes=DATASET_STATS[dataset]["num_classes"])
+    model = create_model(arch, num_classes=DATASETS[dataset].num_classes)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise PublishError(f"{run.dir / WEIGHTS_FILE} does not fit {arch}: missing keys {missing[:5]}, unexpected "
@@ -167,7 +168,7 @@ def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
                            f"wrapper: save the unwrapped model's state_dict()")
     out.mkdir(parents=True, exist_ok=True)
     # One metadata key only: safetensors writes metadata in hash order, and the file must hash the same every time.
-    save_weights(out / WEIGHTS_FILE, model.state_dict(), {"format": "pt"})
+    save_safetensors(out / WEIGHTS_FILE, model.state_dict(), {"format": "pt"})
     (out / "recipe.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
     shutil.copyfile(run.dir / RunFolder.METRICS, out / "metrics.jsonl")
     if (run.dir / RunFolder.CURVES).is_file():
@@ -177,12 +178,7 @@ def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
 
 def measure(folder: Path, name: str, data: str | os.PathLike) -> dict[str, Any]:
     """Load ``folder``'s weights strictly as users do, fuse, and evaluate on the full test split on CPU."""
-    from . import evaluation
-    from .data import DeviceData, load_split
-    from .layers import fuse
-    from .registry import create_model
-
-    dataset = TAG_DATASET[name.split(".")[1]]
+    dataset = TAG_DATASET[split_model_name_tag(name)[1]]
     model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(folder)))
     images, labels = load_split(data, dataset, "test")
     if len(labels) != evaluation.TEST_SPLIT_SIZE:
@@ -194,48 +190,43 @@ def measure(folder: Path, name: str, data: str | os.PathLike) -> dict[str, Any]:
                           torch=torch.__version__.split("+")[0]))
 
 
-def hub_config(model: torch.nn.Module, rec: dict[str, Any]) -> dict[str, Any]:
+def hub_config(model: torch.nn.Module, rec: PublishedVariant) -> dict[str, Any]:
     """``config.json`` in timm's schema (``timm.create_model('hf-hub:...')`` reads it) plus wnzoo's fields."""
-    cfg = {k: v for k, v in model.pretrained_cfg.items()
-           if v is not None and k not in ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source",
-                                          "architecture")}
-    return {"architecture": rec["arch"], "num_classes": model.num_classes, "num_features": model.num_features,
+    cfg = filter_pretrained_cfg(model.pretrained_cfg, remove_source=True, remove_null=True)
+    cfg.pop("architecture")
+    return {"architecture": rec.arch, "num_classes": model.num_classes, "num_features": model.num_features,
             "global_pool": "avg", "pretrained_cfg": cfg,
-            **{k: rec[k] for k in ("dataset", "metrics", "eval", "recipe", "params", "epochs", "sha256")},
-            "hf_dataset": DATASET_STATS[rec["dataset"]]["hf_id"], "library": "wnzoo", "wnzoo_version": __version__}
+            **{k: getattr(rec, k) for k in ("dataset", "metrics", "eval", "recipe", "params", "epochs", "sha256")},
+            "hf_dataset": DATASETS[rec.dataset].hf_id, "library": "wnzoo", "wnzoo_version": __version__}
 
 
-def verify_folder(folder: Path, rec: dict[str, Any], weights: bool = True) -> None:
+def verify_folder(folder: Path, rec: PublishedVariant, weights: bool = True) -> None:
     """Check a Hub folder against its record: files, hash, config.json, and the card's model-index number.
     ``weights=False`` checks a release copy kept without its (too large) weight file."""
-    from huggingface_hub import ModelCard
-
-    name = f"{rec['arch']}.{rec['tag']}"
     files = sorted(p.name for p in folder.iterdir())
     unexpected = [f for f in files if f not in HUB_FILES]
     required = [f for f in HUB_FILES if f != "curves.png" and (weights or f != WEIGHTS_FILE) and f not in files]
     if unexpected or required:
         raise PublishError(f"{folder}: unexpected files {unexpected}, missing {required}")
-    if weights and sha256_file(folder / WEIGHTS_FILE) != rec["sha256"]:
-        raise PublishError(f"{folder / WEIGHTS_FILE} does not hash to the recorded sha256 {rec['sha256']}")
+    if weights and sha256_file(folder / WEIGHTS_FILE) != rec.sha256:
+        raise PublishError(f"{folder / WEIGHTS_FILE} does not hash to the recorded sha256 {rec.sha256}")
     cfg = json.loads((folder / "config.json").read_text())
     for key in ("metrics", "eval", "sha256", "params", "recipe", "dataset"):
-        if cfg.get(key) != rec[key]:
-            raise PublishError(f"{folder}/config.json has {key}={cfg.get(key)!r}, the record {rec[key]!r}")
-    if (cfg["architecture"], cfg["pretrained_cfg"].get("tag")) != (rec["arch"], rec["tag"]):
+        if cfg.get(key) != getattr(rec, key):
+            raise PublishError(f"{folder}/config.json has {key}={cfg.get(key)!r}, the record {getattr(rec, key)!r}")
+    if (cfg["architecture"], cfg["pretrained_cfg"].get("tag")) != (rec.arch, rec.tag):
         raise PublishError(f"{folder}/config.json describes {cfg['architecture']}.{cfg['pretrained_cfg'].get('tag')}, "
-                           f"not {name}")
+                           f"not {rec.name}")
     card = ModelCard.load(folder / "README.md")
     results = card.data.eval_results or []
-    if [r.metric_value for r in results] != [rec["metrics"]["top1"]]:
-        raise PublishError(f"{folder}/README.md reports {[r.metric_value for r in results]}, measured "
-                           f"{rec['metrics']['top1']}")
-    if f"{rec['metrics']['top1']:.2f} %" not in card.text:
-        raise PublishError(f"{folder}/README.md does not state the measured top-1 {rec['metrics']['top1']:.2f} %")
+    if [r.metric_value for r in results] != [rec.top1]:
+        raise PublishError(f"{folder}/README.md reports {[r.metric_value for r in results]}, measured {rec.top1}")
+    if f"{rec.top1:.2f} %" not in card.text:
+        raise PublishError(f"{folder}/README.md does not state the measured top-1 {rec.top1:.2f} %")
 
 
-def commit_message(rec: dict[str, Any]) -> str:
-    return f"Publish {rec['arch']}.{rec['tag']}: top-1 {rec['metrics']['top1']:.2f} % on {rec['dataset']} test"
+def commit_message(rec: PublishedVariant) -> str:
+    return f"Publish {rec.name}: top-1 {rec.top1:.2f} % on {rec.dataset} test"
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -279,9 +270,6 @@ def push_folder(folder: Path, repo_id: str, message: str, endpoint: str | None =
                 token: str | None = None) -> tuple[str, str]:
     """Upload ``folder`` as one commit to ``repo_id``, tag it ``v<N>`` and check the Hub serves exactly
     these files at that commit; returns ``(commit sha, tag)``."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
-
     api = HfApi(endpoint=endpoint, token=token, library_name="wnzoo", library_version=__version__)
     try:
         api.create_repo(repo_id, exist_ok=True)
@@ -304,13 +292,9 @@ def push_folder(folder: Path, repo_id: str, message: str, endpoint: str | None =
     return info.oid, hub_tag
 
 
-def read_registry(path: Path = PUBLISHED_JSON) -> dict[str, dict]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_zoo_card(registry: Path = PUBLISHED_JSON, path: Path = MODEL_CARD) -> Path:
-    """Regenerate ``MODEL_CARD.md`` from the registry."""
-    text = zoo_card(read_registry(registry))
+def write_zoo_card(published_json: Path = PUBLISHED_JSON, path: Path = MODEL_CARD) -> Path:
+    """Regenerate ``MODEL_CARD.md`` from the published records."""
+    text = zoo_card(published.load(published_json))
     atomic_write(path, lambda p: Path(p).write_text(text))
     return path
 
@@ -337,8 +321,8 @@ def _release_size(release_dir: Path, skip: str) -> int:
 def publish(run_dir: str | os.PathLike, repo_id: str, *, data: str | os.PathLike | None = None,
             recipe: str | os.PathLike | None = None, push: bool = False, dry_run: bool = False,
             out: str | os.PathLike | None = None, endpoint: str | None = None, token: str | None = None,
-            release_dir: Path = RELEASE_DIR, registry: Path = PUBLISHED_JSON,
-            zoo_card_path: Path = MODEL_CARD) -> tuple[dict[str, Any], Path]:
+            release_dir: Path = RELEASE_DIR, published_json: Path = PUBLISHED_JSON,
+            zoo_card_path: Path = MODEL_CARD) -> tuple[PublishedVariant, Path]:
     """Publish ``run_dir`` as ``repo_id`` (see the module docstring); returns the record and the Hub folder.
 
     ``dry_run`` builds and verifies the folder in ``out`` (default: a new temporary folder) and stops
@@ -352,11 +336,11 @@ def publish(run_dir: str | os.PathLike, repo_id: str, *, data: str | os.PathLike
     if stage.exists() and any(stage.iterdir()):
         raise PublishError(f"output folder {stage} is not empty; choose a new --out")
     try:
-        rec = _build_and_verify(run, repo_id, stage, data, recipe_rel, overrides, read_registry(registry))
+        rec = _build_and_verify(run, repo_id, stage, data, recipe_rel, overrides, published.load(published_json))
         if dry_run:
             tmp = None  # keep the folder for inspection
             return rec, stage
-        _pin_and_record(rec, name, stage, push, endpoint, token, release_dir, registry, zoo_card_path)
+        rec = _pin_and_record(rec, stage, push, endpoint, token, release_dir, published_json, zoo_card_path)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -364,7 +348,7 @@ def publish(run_dir: str | os.PathLike, repo_id: str, *, data: str | os.PathLike
 
 
 def _build_and_verify(run: Run, repo_id: str, stage: Path, data: str | os.PathLike | None, recipe_rel: str,
-                      overrides: list[str], records: dict[str, dict]) -> dict[str, Any]:
+                      overrides: list[str], records: dict[str, PublishedVariant]) -> PublishedVariant:
     name, arch, tag = parse_repo_id(repo_id)
     model = build_folder(run, name, stage)
     measured = measure(stage, name, data if data is not None else run.config["data"])
@@ -372,11 +356,11 @@ def _build_and_verify(run: Run, repo_id: str, stage: Path, data: str | os.PathLi
     if logged is not None and abs(logged - measured["metrics"]["top1"]) > LOG_TOLERANCE:
         raise PublishError(f"publish measured top-1 {measured['metrics']['top1']:.2f} % but the run logged "
                            f"{logged:.2f} % on the test set: is --data the dataset the run was trained on?")
-    rec: dict[str, Any] = dict(
+    rec = PublishedVariant(
         repo_id=repo_id, revision=None, sha256=sha256_file(stage / WEIGHTS_FILE), dataset=TAG_DATASET[tag],
         metrics=measured["metrics"], recipe=recipe_rel, params=sum(p.numel() for p in model.parameters()),
         arch=arch, tag=tag, epochs=run.summary.get("epochs_done", run.config["epochs"]),
-        size=(stage / WEIGHTS_FILE).stat().st_size, eval=measured["eval"], pushed=False, hub_tag=None)
+        size=(stage / WEIGHTS_FILE).stat().st_size, eval=measured["eval"])
     write_json(stage / "config.json", hub_config(model, rec))
     reproduce = " ".join(["python train/train.py -c", recipe_rel] + (["--set", *overrides] if overrides else []))
     card = variant_card(rec, train_cfg=run.config, summary=run.summary, history=run.history, reproduce=reproduce,
@@ -387,33 +371,31 @@ def _build_and_verify(run: Run, repo_id: str, stage: Path, data: str | os.PathLi
     return rec
 
 
-def _pin_and_record(rec: dict[str, Any], name: str, stage: Path, push: bool, endpoint: str | None,
-                    token: str | None, release_dir: Path, registry: Path, zoo_card_path: Path) -> None:
-    keep_weights = rec["size"] <= RELEASE_MAX_BYTES
-    total = _release_size(release_dir, name) + sum(p.stat().st_size for p in stage.iterdir()
-                                                   if keep_weights or p.name != WEIGHTS_FILE)
+def _pin_and_record(rec: PublishedVariant, stage: Path, push: bool, endpoint: str | None, token: str | None,
+                    release_dir: Path, published_json: Path, zoo_card_path: Path) -> PublishedVariant:
+    """Pin the verified folder (pushed, or a local commit), keep its release copy and record it."""
+    keep_weights = rec.size <= RELEASE_MAX_BYTES
+    total = _release_size(release_dir, rec.name) + sum(p.stat().st_size for p in stage.iterdir()
+                                                       if keep_weights or p.name != WEIGHTS_FILE)
     if total > RELEASE_TOTAL_MAX_BYTES:
         raise PublishError(f"the release copies would take {total / 2**20:.1f} MiB, over the "
                            f"{RELEASE_TOTAL_MAX_BYTES >> 20} MiB the repository allows")
     if push:
-        rec["revision"], rec["hub_tag"] = push_folder(stage, rec["repo_id"], commit_message(rec), endpoint, token)
-        rec["pushed"] = True
+        revision, hub_tag = push_folder(stage, rec.repo_id, commit_message(rec), endpoint, token)
+        rec = dataclasses.replace(rec, revision=revision, hub_tag=hub_tag, pushed=True)
     else:
-        rec["revision"] = local_revision(stage, commit_message(rec))
-    release = stage.with_name(f".{name}.release")
+        rec = dataclasses.replace(rec, revision=local_revision(stage, commit_message(rec)))
+    release = stage.with_name(f".{rec.name}.release")
     shutil.copytree(stage, release)
     for p in release.iterdir():
         p.chmod(0o644)  # atomic writes leave owner-only files; the release copy is for everyone
     if not keep_weights:
         _log.warning("%s is %.1f MB, over the %d MB kept in the repository: the release copy has no weights, so "
-                     "a fresh clone loads them from the Hub only", WEIGHTS_FILE, rec["size"] / 1e6,
+                     "a fresh clone loads them from the Hub only", WEIGHTS_FILE, rec.size / 1e6,
                      RELEASE_MAX_BYTES // 1_000_000)
         (release / WEIGHTS_FILE).unlink()
     release_dir.mkdir(parents=True, exist_ok=True)
-    _replace_dir(release, release_dir / name)
-    records = read_registry(registry)
-    records[name] = rec
-    write_json(registry, dict(sorted(records.items())))
-    if registry == PUBLISHED_JSON:
-        published.cache_clear()
-    write_zoo_card(registry, zoo_card_path)
+    _replace_dir(release, release_dir / rec.name)
+    published.save({**published.load(published_json), rec.name: rec}, published_json)
+    write_zoo_card(published_json, zoo_card_path)
+    return rec

@@ -1,18 +1,21 @@
 """``create_model`` / ``list_models`` with timm's conventions, restricted to the zoo's models.
 
 The models are registered in timm's own registry (``wnzoo.models``), so ``timm.create_model``
-builds the same thing; these wrappers add the zoo's defaults and errors that suggest names.
+builds the same thing; these wrappers add the zoo's defaults and errors that suggest names. This
+module also answers what a name alone says: a model's family (WN or BN) and its twin.
 """
 from __future__ import annotations
 
 import difflib
+from typing import Iterable
 
 import timm
-from timm.models import get_arch_name, is_model, list_models as _timm_list_models
+from timm.models import get_arch_name, is_model, list_models as _timm_list_models, split_model_name_tag
 
 from .models import resnet, wide_resnet
 
-__all__ = ["create_model", "list_models", "is_zoo_model", "twin_name"]
+__all__ = ["create_model", "list_models", "is_zoo_model", "norm_of", "twin_name", "bn_twin", "did_you_mean",
+           "unknown_model"]
 
 # timm keys its module index by the file's last name, which clashes with timm's own resnet.py,
 # so the zoo keeps its own list of architectures.
@@ -30,16 +33,32 @@ def is_zoo_model(name: str) -> bool:
     return get_arch_name(name) in _ZOO_ARCHS
 
 
+def norm_of(name: str) -> str:
+    """``'wn'`` or ``'bn'``: the family of a zoo model or variant (every zoo name starts with it)."""
+    if not is_zoo_model(name):
+        raise unknown_model(name)
+    return name.split("_", 1)[0]
+
+
 def twin_name(name: str) -> str:
     """The BN twin of a WN model or variant and vice versa (``wn_resnet56.c10`` ↔ ``bn_resnet56.c10``)."""
-    norm, rest = name.split("_", 1)
-    return f"{'bn' if norm == 'wn' else 'wn'}_{rest}"
+    rest = name.split("_", 1)[1]
+    return f"{'bn' if norm_of(name) == 'wn' else 'wn'}_{rest}"
 
 
-def _unknown(name: str) -> ValueError:
-    names = list_models() + list_models(pretrained=True)
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+def bn_twin(name: str) -> str | None:
+    """``wn_resnet56.c10`` → ``bn_resnet56.c10``; ``None`` for BN models (they are the twins)."""
+    return twin_name(name) if norm_of(name) == "wn" else None
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
+    """`` Did you mean a, b?`` for the choices close to ``name``, or an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+def unknown_model(name: str) -> ValueError:
+    hint = did_you_mean(name, list_models() + list_models(pretrained=True))
     return ValueError(f"unknown model {name!r}.{hint} See wnzoo.list_models() for all {len(list_models())} names.")
 
 
@@ -48,13 +67,13 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
     """Build a zoo model, e.g. ``create_model('wn_resnet110', pretrained=True)``.
 
     ``name`` is an architecture or ``arch.tag`` (``wn_resnet110.c10``; the bare name means the
-    default tag). ``init`` picks an init scheme of :mod:`wnzoo.init` (``init_batch=`` for datadep).
-    Other keyword arguments go to timm's ``create_model`` (``pretrained_cfg_overlay``,
-    ``cache_dir``) or the model class.
+    default tag). ``init`` picks an init scheme of :mod:`wnzoo.init` (``init_batch=`` gives the input
+    batch that data-dependent schemes use). Other keyword arguments go to timm's ``create_model``
+    (``pretrained_cfg_overlay``, ``cache_dir``) or the model class.
     """
-    arch, tag = name.split(".", 1) if "." in name else (name, "")
+    arch, tag = split_model_name_tag(name)
     if arch not in _ZOO_ARCHS or not is_model(arch):
-        raise _unknown(name)
+        raise unknown_model(name)
     if tag and f"{arch}.{tag}" not in timm.models.get_arch_pretrained_cfgs(arch):
         tags = sorted(timm.models.get_arch_pretrained_cfgs(arch))
         raise ValueError(f"unknown tag {tag!r} for {arch}; it has {', '.join(f'{arch}.{t}' for t in tags)}")

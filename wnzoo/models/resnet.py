@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from .._constants import DATASET_STATS
-from ..init import apply_init
+from .. import paper
+from .._datasets import DATASETS
+from ..hub import load_pretrained, published_cfg
+from ..init import DEFAULT_INIT, apply_init
 from ..layers import WNConv2d
 
 __all__ = ["CifarResNet", "WNBasicBlock", "PreActBasicBlock"]
@@ -64,8 +66,8 @@ class CifarResNet(nn.Module):
         stem_width: channels of the stem conv (16 for every model of the paper).
         stem_norm / final_norm: BN after the stem / before pooling (BN family only; the paper's
             ResNet class has both, its WideResNet class neither).
-        init: init scheme name (``wnzoo.init``); default ``'proposed'`` for WN, ``'orthogonal'`` for BN.
-        init_batch: a normalized input batch, required by ``init='datadep'``.
+        init: init scheme name (``wnzoo.init``); default ``wnzoo.init.DEFAULT_INIT[norm]``.
+        init_batch: a normalized input batch, which data-dependent schemes use (``datadep``).
     """
 
     def __init__(self, blocks: int, widths: Sequence[int] = (16, 32, 64), norm: str = "wn", num_classes: int = 10,
@@ -91,7 +93,7 @@ class CifarResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.final_norm = nn.BatchNorm2d(in_chs) if (not wn and final_norm) else nn.Identity()
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
-        apply_init(self, init or ("proposed" if wn else "orthogonal"), init_batch)
+        apply_init(self, init or DEFAULT_INIT[norm], init_batch)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_norm(self.stages(self.stem_norm(self.stem(x))))
@@ -132,30 +134,21 @@ class CifarResNet(nn.Module):
 
 
 def cifar_cfg(dataset: str = "cifar10", **kwargs) -> dict:
-    """timm pretrained cfg for a CIFAR model; normalization stats come from ``wnzoo._constants``."""
-    stats = DATASET_STATS[dataset]
-    return dict(input_size=(3, 32, 32), mean=stats["mean"], std=stats["std"], num_classes=stats["num_classes"],
-                crop_pct=1.0, interpolation="bilinear", first_conv="stem", classifier="fc", license="mit",
-                paper_ids="arXiv:1906.02341",
-                paper_name="How to Initialize your Network? Robust Initialization for WeightNorm & ResNets",
-                **kwargs)
+    """timm pretrained cfg for a CIFAR model; normalization stats come from ``wnzoo._datasets``."""
+    ds = DATASETS[dataset]
+    return dict(input_size=(3, 32, 32), mean=ds.mean, std=ds.std, num_classes=ds.num_classes, crop_pct=1.0,
+                interpolation="bilinear", first_conv="stem", classifier="fc", license="mit",
+                paper_ids=f"arXiv:{paper.ARXIV_ID}", paper_name=paper.TITLE, **kwargs)
 
 
 def zoo_cfgs(archs: Sequence[str]) -> dict:
-    """``arch.c10`` and ``arch.c100`` cfgs for every arch, with the published weights' locations."""
-    from ..hub import published_cfg  # local import: hub imports the models package
-
-    cfgs = {}
-    for arch in archs:
-        for tag, dataset in (("c10", "cifar10"), ("c100", "cifar100")):
-            cfgs[f"{arch}.{tag}"] = cifar_cfg(dataset, **published_cfg(f"{arch}.{tag}"))
-    return cfgs
+    """A cfg per arch and dataset tag (``arch.c10``, ``arch.c100``), with the published weights' locations."""
+    return {f"{arch}.{ds.tag}": cifar_cfg(ds.name, **published_cfg(f"{arch}.{ds.tag}"))
+            for arch in archs for ds in DATASETS.values()}
 
 
 def create_cifar_model(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
     """Build through timm (cfg resolution, overlays), then load weights with :mod:`wnzoo.hub`."""
-    from ..hub import load_pretrained
-
     cache_dir = kwargs.pop("cache_dir", None)
     model = build_model_with_cfg(CifarResNet, variant, pretrained=False, **kwargs)
     if pretrained:

@@ -16,48 +16,24 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-__all__ = ["atomic_write", "write_json", "save_weights", "RunState", "RunFolder", "StateError", "STATE_FORMAT"]
+from .._io import atomic_write, load_safetensors, read_metadata, save_safetensors, write_json
+
+__all__ = ["RunState", "RunFolder", "StateError", "STATE_FORMAT"]
 
 STATE_FORMAT = "wnzoo.run-state.v1"
 
 
 class StateError(ValueError):
     """A state file that cannot be resumed from; the message says why and what to do."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    atomic_write(path, lambda p: save_file(tensors, p, metadata=metadata))
 
 
 @dataclass
@@ -95,11 +71,10 @@ class RunState:
             ema.load_state_dict(self.ema)
 
     def save(self, path: str | os.PathLike) -> None:
-        tensors = {f"{group}.{k}": v.detach().to("cpu").contiguous()
-                   for group in ("model", "momentum", "ema") for k, v in getattr(self, group).items()}
+        tensors = {f"{group}.{k}": v for group in ("model", "momentum", "ema") for k, v in getattr(self, group).items()}
         meta = dict(format=STATE_FORMAT, epoch=str(self.epoch), config=json.dumps(self.config),
                     history=json.dumps(self.history))
-        atomic_write(path, lambda p: save_file(tensors, p, metadata=meta))
+        save_safetensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, tensors: bool = True) -> "RunState":
@@ -107,9 +82,8 @@ class RunState:
         which reads a few kilobytes instead of the whole file."""
         path = Path(path)
         try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            weights = load_file(path) if tensors else {}
+            meta = read_metadata(path)
+            weights = load_safetensors(path) if tensors else {}
         except (SafetensorError, OSError, ValueError) as e:
             raise StateError(f"{path} is not a readable run state ({e}); it is damaged: restore a copy, or "
                              f"move it aside to start the run anew") from e
@@ -133,6 +107,8 @@ class RunFolder:
     METRICS = "metrics.jsonl"
     SUMMARY = "summary.json"
     CURVES = "curves.png"
+    TENSORBOARD = "tb"          # a folder of TensorBoard event files
+    LEGACY_STATE = "state.pt"   # wnzoo 0.1's pickled state, which this version refuses to resume
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -159,6 +135,15 @@ class RunFolder:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return [json.loads(ln) for ln in (self / self.METRICS).read_text().splitlines() if ln.strip()]
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write(self / self.CONFIG, lambda p: Path(p).write_text(yaml.safe_dump(config, sort_keys=False)))
+
+    def read_config(self) -> dict[str, Any]:
+        return yaml.safe_load((self / self.CONFIG).read_text())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self / self.SUMMARY, summary)
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads((self / self.SUMMARY).read_text())

@@ -8,7 +8,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "COMPILE_MODES"]
+from ..init import SCHEMES
+from ..registry import did_you_mean, is_zoo_model, list_models, norm_of
+
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "COMPILE_MODES", "NON_RECIPE_KEYS"]
 
 # How the training step runs: eagerly, compiled by torch.compile, or compiled and replayed as CUDA
 # graphs (``reduce-overhead``: on a GPU, one launch per forward and per backward instead of thousands).
@@ -22,6 +25,12 @@ _CHOICES = {
     "amp": ("none", "bf16"),
     "compile": COMPILE_MODES,
 }
+
+
+# Keys that do not change what a run trains (where the data lives, which device, how the step runs,
+# how often it logs and evaluates): a resumed run may change them, and a published card's
+# "reproduce" command leaves them out.
+NON_RECIPE_KEYS = ("data", "device", "compile", "log_every", "eval_every", "eval_subset", "notes")
 
 
 class ConfigError(ValueError):
@@ -83,13 +92,9 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not all(0 < m < 1 for m in self.milestones) or sorted(self.milestones) != list(self.milestones):
             raise ConfigError(f"milestones must be increasing fractions of the run in (0, 1), got {self.milestones}")
-        from ..registry import is_zoo_model, list_models
         if not is_zoo_model(self.model):
-            import difflib
-            close = difflib.get_close_matches(self.model, list_models(), n=3)
-            raise ConfigError(f"model={self.model!r} is not a zoo model" + (f"; did you mean {close}?" if close else ""))
-        from ..init import BN_SCHEMES, WN_SCHEMES
-        valid = WN_SCHEMES if self.model.startswith("wn_") else BN_SCHEMES
+            raise ConfigError(f"model={self.model!r} is not a zoo model.{did_you_mean(self.model, list_models(), n=3)}")
+        valid = SCHEMES[norm_of(self.model)]
         if self.init is not None and self.init not in valid:
             raise ConfigError(f"init={self.init!r} does not apply to {self.model}; choose one of {sorted(valid)}")
 

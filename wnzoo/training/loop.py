@@ -20,22 +20,20 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import yaml
+from timm.utils.model_ema import ModelEmaV3
 from torch import nn
+from tqdm.auto import tqdm
 
+from .._io import save_safetensors
 from ..data import DataError, DeviceData, load_split, train_val_indices
 from ..evaluation import evaluate, load_test_data
 from ..registry import create_model
-from .checkpoint import RunFolder, RunState, StateError, save_weights, write_json
-from .config import ConfigError, TrainConfig
+from .checkpoint import RunFolder, RunState, StateError
+from .config import NON_RECIPE_KEYS, ConfigError, TrainConfig
 from .schedule import LRSchedule
 from .step import TrainStep
 
-__all__ = ["train", "export_run", "throughput", "TrainingDiverged", "RESUME_MAY_CHANGE", "hardware_name"]
-
-# Keys that may differ between the saved config and the one given with --resume (they do not
-# change the optimization: where the data lives, which device, how the step runs, how often to log).
-RESUME_MAY_CHANGE = ("data", "device", "compile", "log_every", "eval_every")
+__all__ = ["train", "export_run", "throughput", "TrainingDiverged", "hardware_name"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -141,10 +139,10 @@ def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
     torch.manual_seed(cfg.seed)
     train_data, eval_data, eval_split = load_data(cfg, device)
-    init_batch = None
-    if cfg.init == "datadep" and state is None:  # the first training batch, as the authors' code uses
-        init_batch = next(train_data.batches(0, cfg.batch_size, train=True))[0].cpu().contiguous()
-    init = cfg.init if state is None else None  # a resumed model's weights come from the state
+    if state is None:  # data-dependent schemes initialize from the first training batch, as the authors' code
+        init, init_batch = cfg.init, next(train_data.batches(0, cfg.batch_size, train=True))[0].cpu().contiguous()
+    else:  # a resumed model's weights come from the state
+        init, init_batch = None, None
     model = create_model(cfg.model, num_classes=None, init=init, init_batch=init_batch).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -152,7 +150,6 @@ def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
                           **({"fused": True} if device.type == "cuda" else {}))
     ema = None
     if cfg.ema_decay:
-        from timm.utils.model_ema import ModelEmaV3
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     if state is not None:
         state.restore(model, opt, ema.module if ema is not None else None)
@@ -172,7 +169,7 @@ def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
 
 def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool) -> RunState | None:
     """The state to resume from (``resume``), after checking it belongs to this recipe."""
-    if (folder / "state.pt").is_file():
+    if (folder / RunFolder.LEGACY_STATE).is_file():
         raise StateError(f"{folder.path} holds a state.pt from wnzoo 0.1, which this version cannot resume; "
                          f"finish it with wnzoo 0.1 or start a new --out folder")
     if not resume:
@@ -184,7 +181,7 @@ def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool) -> RunState |
         raise FileNotFoundError(f"--resume: {folder.state} not found; nothing to resume (drop --resume to start)")
     state = folder.read_state()
     diff = {k: (state.config.get(k), v) for k, v in cfg.to_dict().items()
-            if k not in RESUME_MAY_CHANGE and state.config.get(k) != v}
+            if k not in NON_RECIPE_KEYS and state.config.get(k) != v}
     if diff:
         lines = ", ".join(f"{k}: run has {a!r}, given {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"--resume with a different recipe ({lines}); resume with the run's own config.yaml "
@@ -203,7 +200,6 @@ def _train_epoch(run: _Run, epoch: int, summary: dict[str, Any], progress: bool 
     correct = torch.zeros((), device=run.device, dtype=torch.long)
     bar = None
     if progress and run.main:
-        from tqdm.auto import tqdm
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
     checked = 0
     batches = run.train_data.batches(epoch, cfg.batch_size, train=True, shard=(run.rank, run.world))
@@ -242,7 +238,7 @@ def _check_finite(run: _Run, losses: torch.Tensor, epoch: int, first_step: int, 
            f"(lr {lr:.4g}); {kept}. Lower lr, or add warmup (warmup_epochs)")
     summary.update(survived=False, status="diverged", diverged_at=dict(epoch=epoch + 1, step=step + 1, lr=lr))
     if run.main:
-        write_json(run.folder / RunFolder.SUMMARY, summary)
+        run.folder.write_summary(summary)
     raise TrainingDiverged(msg)
 
 
@@ -277,14 +273,14 @@ def _write_exports(folder: RunFolder, state: RunState, summary: dict[str, Any] |
     """Everything in a run folder besides its state, derived from the state alone; the summary and
     curves only when the run stops (``summary`` given): a folder without a summary is still training."""
     meta = {"architecture": state.config["model"], "epoch": str(state.epoch), "format": "pt"}
-    save_weights(folder / RunFolder.WEIGHTS, state.model, meta)
+    save_safetensors(folder / RunFolder.WEIGHTS, state.model, meta)
     if state.ema:
-        save_weights(folder / RunFolder.EMA_WEIGHTS, state.ema, meta)
+        save_safetensors(folder / RunFolder.EMA_WEIGHTS, state.ema, meta)
     folder.write_metrics(state.history)
-    (folder / RunFolder.CONFIG).write_text(yaml.safe_dump(state.config, sort_keys=False))
+    folder.write_config(state.config)
     if summary is None:
         return
-    write_json(folder / RunFolder.SUMMARY, summary)
+    folder.write_summary(summary)
     if state.history:
         try:
             from .plots import plot_curves
@@ -299,7 +295,7 @@ def _tensorboard(out: Path):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(out / "tb"))
+    return SummaryWriter(str(out / RunFolder.TENSORBOARD))
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, time_limit_s: float | None = None,

@@ -1,7 +1,8 @@
 """Per-iteration learning rate: warmup (the authors' quadratic ramp, or linear), then step or cosine.
 
-:class:`LRSchedule` is a picklable multiplier for ``torch.optim.lr_scheduler.LambdaLR`` (so the
-scheduler's own ``state_dict`` is used for resume) and a closed form ``lr_at(it)`` for tests.
+The training loop sets each step's learning rate from the closed form :meth:`LRSchedule.lr_at`, so
+a resumed run needs no scheduler state; the object is also a picklable multiplier for
+``torch.optim.lr_scheduler.LambdaLR`` in loops of one's own.
 """
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ __all__ = ["LRSchedule"]
 
 @dataclass(frozen=True)
 class LRSchedule:
+    """The learning rate of every optimizer step of a run, from the recipe's schedule keys.
+
+    ``milestones`` are fractions of ``epochs`` (step schedule, ×``gamma`` at each); warmup ramps
+    from ``warmup_lr`` over ``warmup_epochs`` (fractional allowed) with the given shape.
+    """
+
     lr: float
     epochs: int
     steps_per_epoch: int

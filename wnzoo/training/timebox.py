@@ -33,6 +33,7 @@ DEFAULT_GRACE_S = 45.0
 # A run is not started with less than this many seconds left: its first epoch includes compiling
 # (and graph capture), and an epoch cut off by the budget is lost.
 MIN_START_S = 60.0
+JOB_LOG = "job.log"  # in the job's output folder, beside the run folders
 
 
 @dataclass
@@ -98,6 +99,72 @@ def _stop(procs: dict[str, subprocess.Popen], wait_s: float = 10.0) -> None:
             p.wait()
 
 
+class _Job:
+    """The processes of one job: starting runs, collecting their exits, stopping them at the deadline."""
+
+    def __init__(self, runs: list[QueuedRun], deadline: float, overrides: Sequence[str], sinks: list[IO[str]]) -> None:
+        self.runs, self.deadline, self.overrides, self.sinks = runs, deadline, list(overrides), sinks
+        self.queue = [r for r in runs if r.status == "queued"]
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.pumps: list[threading.Thread] = []
+        self.by_name = {r.name: r for r in runs}
+        self.lock = threading.Lock()
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        root = str(Path(__file__).resolve().parents[2])  # the children import this very wnzoo
+        self.env["PYTHONPATH"] = root + (os.pathsep + self.env["PYTHONPATH"] if self.env.get("PYTHONPATH") else "")
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            for sink in self.sinks:
+                sink.write(text + "\n")
+
+    def start(self, run: QueuedRun, left: float) -> None:
+        cmd = [sys.executable, "-m", "wnzoo.training.cli", *run.cmd_args, "--until", f"{self.deadline:.3f}",
+               *(["--set", *self.overrides] if self.overrides else [])]
+        self.say(f"[job] start {run.name} at epoch {run.epochs_before}/{run.config.epochs}, {left / 60:.1f} min left")
+        p = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             errors="replace", start_new_session=True)
+        self.procs[run.name] = p
+        self.pumps.append(threading.Thread(target=_pump, args=(p.stdout, run.name, self.sinks, self.lock), daemon=True))
+        self.pumps[-1].start()
+
+    def reap(self) -> None:
+        for name, p in list(self.procs.items()):
+            if p.poll() is not None:
+                self.by_name[name].returncode = p.returncode
+                del self.procs[name]
+
+    def stop_all(self, grace_s: float) -> None:
+        """Stop the runs still going ``grace_s`` after the deadline; their last complete epoch is kept."""
+        self.say(f"[job] budget over by {grace_s:.0f} s: stopping {sorted(self.procs)}")
+        for name, p in self.procs.items():
+            if p.poll() is None:
+                self.by_name[name].status = "stopped"
+        _stop(self.procs)
+        for name, p in self.procs.items():
+            self.by_name[name].returncode = p.returncode
+        self.procs.clear()
+
+    def run(self, parallel: int, grace_s: float, min_start_s: float) -> None:
+        try:
+            while self.queue or self.procs:
+                self.reap()
+                left = self.deadline - time.time()
+                while self.queue and len(self.procs) < parallel and left > min_start_s:
+                    self.start(self.queue.pop(0), left)
+                if self.queue and not self.procs and left <= min_start_s:
+                    break
+                if self.procs and time.time() > self.deadline + grace_s:
+                    self.stop_all(grace_s)
+                time.sleep(0.2)
+        except BaseException:  # Ctrl-C, or a run that cannot start: no run is left behind
+            _stop(self.procs)
+            raise
+        finally:
+            for t in self.pumps:
+                t.join(timeout=5)
+
+
 def run_queue(configs: Sequence[str | os.PathLike], out: str | os.PathLike, minutes: float, *, parallel: int = 1,
               overrides: Sequence[str] = (), log: str | os.PathLike | None = None,
               grace_s: float = DEFAULT_GRACE_S, min_start_s: float = MIN_START_S,
@@ -115,65 +182,15 @@ def run_queue(configs: Sequence[str | os.PathLike], out: str | os.PathLike, minu
     if parallel < 1:
         raise ConfigError(f"--parallel must be at least 1, got {parallel!r}")
     t_start = time.time()
-    deadline = t_start + minutes * 60
     out = Path(out)
     runs = _prepare(configs, out, overrides)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    root = str(Path(__file__).resolve().parents[2])  # the children import this very wnzoo
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    lock = threading.Lock()
-    with open(log or out / "job.log", "a", buffering=1) as log_file:
-        sinks = [log_file] + ([echo] if echo is not None else [])
-        queue = [r for r in runs if r.status == "queued"]
-        procs: dict[str, subprocess.Popen] = {}
-        pumps: list[threading.Thread] = []
-        by_name = {r.name: r for r in runs}
-        try:
-            while queue or procs:
-                for name, p in list(procs.items()):
-                    if p.poll() is not None:
-                        by_name[name].returncode = p.returncode
-                        del procs[name]
-                left = deadline - time.time()
-                while queue and len(procs) < parallel and left > min_start_s:
-                    run = queue.pop(0)
-                    cmd = [sys.executable, "-m", "wnzoo.training.cli", *run.cmd_args, "--until", f"{deadline:.3f}",
-                           *(["--set", *overrides] if overrides else [])]
-                    with lock:
-                        for sink in sinks:
-                            sink.write(f"[job] start {run.name} at epoch {run.epochs_before}/{run.config.epochs}, "
-                                       f"{left / 60:.1f} min left\n")
-                    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                         errors="replace", start_new_session=True)
-                    procs[run.name] = p
-                    pumps.append(threading.Thread(target=_pump, args=(p.stdout, run.name, sinks, lock), daemon=True))
-                    pumps[-1].start()
-                if queue and not procs and left <= min_start_s:
-                    break
-                if procs and time.time() > deadline + grace_s:
-                    with lock:
-                        for sink in sinks:
-                            sink.write(f"[job] budget over by {grace_s:.0f} s: stopping {sorted(procs)}\n")
-                    for name, p in procs.items():
-                        if p.poll() is None:
-                            by_name[name].status = "stopped"
-                    _stop(procs)
-                    for name, p in procs.items():
-                        by_name[name].returncode = p.returncode
-                    procs.clear()
-                time.sleep(0.2)
-        except BaseException:  # Ctrl-C, or a run that cannot start: no run is left behind
-            _stop(procs)
-            raise
-        finally:
-            for t in pumps:
-                t.join(timeout=5)
+    with open(log or out / JOB_LOG, "a", buffering=1) as log_file:
+        job = _Job(runs, t_start + minutes * 60, overrides, [log_file] + ([echo] if echo is not None else []))
+        job.run(parallel, grace_s, min_start_s)
         for run in runs:
             _settle(run)
-        with lock:
-            for sink in sinks:
-                sink.write(format_job(runs, time.time() - t_start) + "\n")
+        job.say(format_job(runs, time.time() - t_start))
     return runs
 
 

@@ -1,0 +1,69 @@
+"""The published records (wnzoo.published) and the shared file I/O (wnzoo._io) they are written with."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import pytest
+import torch
+
+from wnzoo import _io, published
+from wnzoo.published import PublishedVariant
+
+
+def _record(name: str = "wn_resnet56.c10", **changes) -> PublishedVariant:
+    arch, tag = name.split(".")
+    rec = PublishedVariant(repo_id=f"wnzoo/{name}", revision="0" * 40, sha256="1" * 64, dataset="cifar10",
+                           metrics=dict(top1=92.5, top5=99.7), recipe="configs/x.yaml", params=855_770, arch=arch,
+                           tag=tag, epochs=182, size=3_500_000, eval=dict(n=10_000))
+    return dataclasses.replace(rec, **changes)
+
+
+def test_records_round_trip_sorted_and_keep_unknown_keys(tmp_path):
+    path = tmp_path / "published.json"
+    b, a = _record("wn_resnet56.c10"), _record("bn_resnet56.c10", pushed=True, hub_tag="v1")
+    published.save({b.name: b, a.name: a}, path)
+    raw = json.loads(path.read_text())
+    assert list(raw) == ["bn_resnet56.c10", "wn_resnet56.c10"]
+    assert published.load(path) == {a.name: a, b.name: b}
+    assert (a.name, a.top1) == ("bn_resnet56.c10", 92.5)
+    # a key written by a newer wnzoo survives a load and save by this one
+    raw["wn_resnet56.c10"]["calibration"] = {"ece": 0.02}
+    path.write_text(json.dumps(raw))
+    again = published.load(path)
+    assert again["wn_resnet56.c10"].extra == {"calibration": {"ece": 0.02}}
+    published.save(again, path)
+    assert json.loads(path.read_text())["wn_resnet56.c10"]["calibration"] == {"ece": 0.02}
+    assert published.load(tmp_path / "missing.json") == {}
+
+
+def test_records_are_immutable():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _record().revision = "1" * 40
+
+
+def test_the_package_records_are_read_once_and_refreshed_on_save(tmp_path, monkeypatch):
+    path = tmp_path / "published.json"
+    monkeypatch.setattr(published, "PUBLISHED_JSON", path)
+    published.variants.cache_clear()
+    try:
+        assert published.get("wn_resnet56.c10") is None
+        published.save({"wn_resnet56.c10": _record()}, path)  # the package's own file: the cache is refreshed
+        assert published.get("wn_resnet56.c10") == _record()
+    finally:
+        published.variants.cache_clear()
+
+
+def test_io_weights_path_hash_and_atomic_safetensors(tmp_path):
+    tensors = {"w": torch.arange(6.0).view(2, 3)[:, ::2]}  # non-contiguous, as a strided view
+    _io.save_safetensors(tmp_path / _io.WEIGHTS_FILE, tensors, {"format": "pt"})
+    assert _io.weights_path(tmp_path) == _io.weights_path(tmp_path / _io.WEIGHTS_FILE) == tmp_path / _io.WEIGHTS_FILE
+    assert torch.equal(_io.load_weights_file(tmp_path)["w"], tensors["w"])
+    assert _io.read_metadata(tmp_path / _io.WEIGHTS_FILE) == {"format": "pt"}
+    data = (tmp_path / _io.WEIGHTS_FILE).read_bytes()
+    assert _io.sha256_file(tmp_path / _io.WEIGHTS_FILE) == hashlib.sha256(data).hexdigest()
+    assert [p.name for p in tmp_path.iterdir()] == [_io.WEIGHTS_FILE]  # no temporary file left behind
+    with pytest.raises(_io.WeightsError, match="never unpickles"):
+        (tmp_path / "model.pt").write_bytes(b"x")
+        _io.load_weights_file(tmp_path / "model.pt")

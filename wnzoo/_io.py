@@ -1,0 +1,90 @@
+"""File I/O every layer shares: atomic writes, JSON, safetensors with metadata, sha256, weight paths.
+
+Every file is written to a temporary name, fsynced and renamed, so a crash leaves the previous
+complete file, never a torn one. Weights are read from safetensors only: loading them runs no code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from huggingface_hub.utils.sha import sha_fileobj
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+__all__ = ["WEIGHTS_FILE", "WeightsError", "atomic_write", "write_json", "save_safetensors", "load_safetensors",
+           "read_metadata", "load_weights_file", "weights_path", "sha256_file"]
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+class WeightsError(RuntimeError):
+    """Weights that cannot be found, verified or loaded; the message says how to fix it."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                     metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (moved to the CPU, made contiguous) and string ``metadata`` atomically."""
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda p: save_file(cpu, p, metadata=metadata))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a safetensors file, from its header alone (a few kilobytes)."""
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def weights_path(path: str | os.PathLike) -> Path:
+    """A weight file given as itself or as the folder holding ``model.safetensors``."""
+    path = Path(path)
+    return path / WEIGHTS_FILE if path.is_dir() else path
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a safetensors weight file (or a folder's ``model.safetensors``); anything else, pickles
+    included, is refused with a :class:`WeightsError` that says how to fix it."""
+    path = weights_path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist; pass a model.safetensors file or a folder holding one")
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path} is not a .safetensors file; wnzoo never unpickles weights. Convert it with "
+                           f"safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
+    try:
+        return load_safetensors(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupted: "
+                           f"delete it and download it again") from e
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return sha_fileobj(f).hex()
