@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import wnzoo
-from wnzoo.registry import twin_name
 from wnzoo._datasets import DATASETS
 from wnzoo.data import DeviceData, load_split
+from wnzoo.registry import twin_name
 
 
 class PILTrainSet(Dataset):

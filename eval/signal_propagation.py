@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from wnzoo.diagnostics import compare_inits, compared_schemes, plot_signal_propagation, stage_ratios
-from wnzoo.registry import is_zoo_model
+from wnzoo.registry import is_zoo_model, unknown_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="PNG path (default sigprop_<model>.png)")
     args = ap.parse_args(argv)
     if not is_zoo_model(args.model):
-        print(f"error: unknown model {args.model!r}; see wnzoo.list_models()", file=sys.stderr)
+        print(f"error: {unknown_model(args.model)}", file=sys.stderr)
         return 2
     inits = args.inits or compared_schemes(args.model)
     try:

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from wnzoo._datasets import TAG_DATASET
 from wnzoo.hub import WeightsError
 from wnzoo.publish import PublishError, publish, write_zoo_card
 
@@ -21,7 +22,7 @@ from wnzoo.publish import PublishError, publish, write_zoo_card
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", nargs="?", help="finished run folder (runs/<recipe>)")
-    ap.add_argument("--repo-id", help="Hub repo id, wnzoo/<arch>.<tag> (tag c10 or c100)")
+    ap.add_argument("--repo-id", help=f"Hub repo id, wnzoo/<arch>.<tag> (tag {' or '.join(TAG_DATASET)})")
     ap.add_argument("--data", help="dataset folder for the test-set evaluation (default: the run's data)")
     ap.add_argument("--recipe", help="recipe the card cites (default configs/<run folder name>.yaml)")
     ap.add_argument("--push", action="store_true", help="upload to the Hub (HF_ENDPOINT) and pin its commit")

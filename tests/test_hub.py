@@ -139,7 +139,7 @@ def new_repo_id() -> str:
     return f"t{uuid.uuid4().hex[:8]}/{NAME}"
 
 
-def mirror(olah_server, rec: dict, folder: Path) -> dict:
+def mirror(olah_server, rec: PublishedVariant, folder: Path) -> PublishedVariant:
     """Serve ``folder`` as a new repo on olah (a root commit, as the local pin is computed); returns its record."""
     rec = dataclasses.replace(rec, repo_id=new_repo_id())
     assert olah_server.add_commit(rec.repo_id, folder, commit_message(rec)) == rec.revision
@@ -532,6 +532,20 @@ def test_zoo_card_compares_with_paper_and_twin():
         _record("bn_resnet164.c100", 74.0), dataset="cifar100")})
     assert "| **95.00** | 95.25 ± 0.08 |" in text and "| **74.00** | 74.48 ± 0.17 |" in text
     assert twin_name("wn_wrn40_10.c10") == "bn_wrn40_10.c10" and twin_name("bn_resnet20.c100") == "wn_resnet20.c100"
+
+
+def test_variant_card_lists_the_files_it_has():
+    cfg = load_config(RECIPE).to_dict()
+    card = variant_card(_record("wn_resnet56.c10", 92.61), train_cfg=cfg, summary={}, history=[], reproduce="x",
+                        recipe_notes="", files=["recipe.yaml"], twin=None)
+    assert "Files: [`recipe.yaml`](recipe.yaml) (the resolved training config).\n" in card.text
+    assert "one line per epoch" not in card.text and "no row for resnet56" not in card.text
+
+
+def test_a_fork_with_its_own_tag_is_the_callers_repo():
+    """A tag the zoo never registered (a fork's config.json) names the caller's repo; it is no error."""
+    assert hub._requested_hub_id("wn_resnet20.ft", {"hf_hub_id": "someone/fork"}) == "someone/fork"
+    assert hub._requested_hub_id("wn_resnet20.c10", {"hf_hub_id": "someone/fork"}) == "someone/fork"
 
 
 def test_variant_card_shows_paper_and_twin_rows():

@@ -149,3 +149,5 @@ def test_family_and_twin_come_from_the_registry():
     assert twin_name("wn_wrn16_4.c10") == "bn_wrn16_4.c10" and bn_twin("bn_resnet20") is None
     with pytest.raises(ValueError, match="unknown model 'wn_resnet21'"):
         norm_of("wn_resnet21")
+    with pytest.raises(ValueError, match="unknown model 'resnet20'"):
+        twin_name("resnet20")

@@ -38,9 +38,24 @@ def test_records_round_trip_sorted_and_keep_unknown_keys(tmp_path):
     assert published.load(tmp_path / "missing.json") == {}
 
 
-def test_records_are_immutable():
+def test_records_are_immutable_compared_whole_and_never_hashed():
     with pytest.raises(dataclasses.FrozenInstanceError):
         _record().revision = "1" * 40
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(_record())
+    assert _record() != _record(extra={"calibration": 0.02})
+
+
+def test_a_damaged_records_file_names_itself_and_the_fix(tmp_path):
+    path = tmp_path / "published.json"
+    record = _record().to_dict()
+    del record["sha256"]
+    path.write_text(json.dumps({"wn_resnet56.c10": record}))
+    with pytest.raises(ValueError, match=r"published.json is not a valid .*lacks \['sha256'\].*git checkout"):
+        published.load(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="published.json is not a valid"):
+        published.load(path)
 
 
 def test_the_package_records_are_read_once_and_refreshed_on_save(tmp_path, monkeypatch):

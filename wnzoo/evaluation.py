@@ -239,8 +239,7 @@ def format_paper_table(rows: Sequence[dict] = ()) -> str:
     body = []
     for p in PAPER_TABLE1:
         ours = measured.get(p.variant)
-        paper = f"{p.error:.2f}" + (f" ± {p.std:.2f}" if p.std is not None else "")
-        body.append([p.dataset, p.architecture, p.method, paper, _fmt(100.0 - ours["top1"] if ours else None),
+        body.append([p.dataset, p.architecture, p.method, p.error_text, _fmt(100.0 - ours["top1"] if ours else None),
                      p.variant or "—"])
     return _render(header, body, right={3, 4})
 

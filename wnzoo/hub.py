@@ -46,7 +46,10 @@ def _requested_hub_id(name: str, cfg: dict) -> str | None:
     """The repo the caller named (``hf-hub:`` or an overlay), or None when the cfg holds the default
     registered with the model, which the current record supersedes."""
     hub_id = cfg.get("hf_hub_id")
-    default = get_pretrained_cfg(name)
+    try:
+        default = get_pretrained_cfg(name)
+    except RuntimeError:  # a tag the zoo never registered (a fork's own config.json): the caller's repo
+        default = None
     return None if default is not None and hub_id == default.hf_hub_id else hub_id
 
 

@@ -17,8 +17,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import paper
 from ._datasets import DATASETS, DatasetInfo
-from .published import PublishedVariant
-from .registry import norm_of, twin_name
+from .published import HubFolder, PublishedVariant
+from .registry import norm_of, split_norm, twin_name
 
 __all__ = ["describe_arch", "variant_card", "zoo_card", "WNZOO_CITATION", "MODEL_CARD"]
 
@@ -30,8 +30,8 @@ WNZOO_CITATION = """@software{wnzoo,
   note  = {Model zoo of PyTorch checkpoints published on the Hugging Face Hub},
 }"""
 
-# The zoo card is rendered with the whitespace rules of the Hub's ``from_template`` (Jinja2's
-# defaults), so both templates read alike; a missing value fails instead of printing nothing.
+# Both cards are rendered with the whitespace rules of the Hub's ``ModelCard.from_template`` (Jinja2's
+# defaults), but a missing value fails instead of printing nothing.
 _JINJA = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined)
 
 
@@ -56,15 +56,12 @@ class _ZooRow(NamedTuple):
 def _paper(variant: str) -> _PaperResult | None:
     """The paper's result for a zoo variant, if Table 1 has a row for it."""
     row = paper.paper_row(variant)
-    if row is None:
-        return None
-    accuracy = f"{row.top1:.2f}" + (f" ± {row.std:.2f}" if row.std is not None else "")
-    return _PaperResult(row.method, accuracy)
+    return _PaperResult(row.method, row.top1_text) if row else None
 
 
 def describe_arch(arch: str) -> str:
     """One sentence on the topology of a zoo architecture (docs/design.md, 'Models and names')."""
-    family = arch.split("_", 1)[1]
+    family = split_norm(arch)[1]
     if m := re.fullmatch(r"resnet(\d+)", family):
         depth = int(m.group(1))
         graph = (f"ResNet-{depth} for CIFAR: 6n+2 layers with n = {(depth - 2) // 6} basic blocks per stage, widths "
@@ -120,15 +117,16 @@ def variant_card(rec: PublishedVariant, *, train_cfg: dict[str, Any], summary: d
     """The Hub model card of one variant: what it is, how to load it, its measured accuracy beside the
     paper's and the BN twin's, how it was trained and how to reproduce it (``templates/variant_card.md``)."""
     ds, twin_variant = DATASETS[rec.dataset], twin_name(rec.name)
-    return ModelCard.from_template(
-        _card_data(rec, ds), template_path=str(TEMPLATES / "variant_card.md"),
-        rec=rec, ds=ds, paper=paper, norm=norm_of(rec.name), architecture=describe_arch(rec.arch),
+    data = _card_data(rec, ds)
+    text = _JINJA.get_template("variant_card.md").render(
+        card_data=data.to_yaml(), rec=rec, ds=ds, paper=paper, hub=HubFolder, norm=norm_of(rec.name),
+        topology=split_norm(rec.arch)[1], architecture=describe_arch(rec.arch),
         own_paper=_paper(rec.name), twin_paper=_paper(twin_variant),
         twin_name=twin_variant, twin_norm=norm_of(twin_variant).upper(), twin=twin,
         train_cfg=train_cfg, summary=summary, recipe=_recipe(train_cfg, summary.get("device", "")),
         train_seconds=sum(r.get("epoch_time_s", 0.0) for r in history),
-        reproduce=reproduce, recipe_notes=recipe_notes, files=files, wnzoo_citation=WNZOO_CITATION,
-    )
+        reproduce=reproduce, recipe_notes=recipe_notes, files=files, wnzoo_citation=WNZOO_CITATION)
+    return ModelCard(text)
 
 
 def zoo_card(records: dict[str, PublishedVariant]) -> str:
@@ -136,4 +134,5 @@ def zoo_card(records: dict[str, PublishedVariant]) -> str:
     (``templates/zoo_card.md``)."""
     rows = [_ZooRow(name, rec, DATASETS[rec.dataset], _paper(name), twin_name(name), records.get(twin_name(name)))
             for name, rec in sorted(records.items())]
-    return _JINJA.get_template("zoo_card.md").render(rows=rows, paper=paper, wnzoo_citation=WNZOO_CITATION)
+    return _JINJA.get_template("zoo_card.md").render(rows=rows, paper=paper, datasets=list(DATASETS.values()),
+                                                     wnzoo_citation=WNZOO_CITATION)

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TITLE", "ARXIV_ID", "URL", "CITATION", "PaperRow", "PAPER_TABLE1", "paper_row"]
+from ._datasets import DATASETS
 
+__all__ = ["TITLE", "AUTHORS", "VENUE", "SHORT", "ARXIV_ID", "URL", "CITATION", "PaperRow", "PAPER_TABLE1",
+           "paper_row", "coverage"]
+
+AUTHORS = "Arpit, Campos & Bengio"
+VENUE = "NeurIPS 2019"
+SHORT = "Arpit et al. (2019)"
 TITLE = "How to Initialize your Network? Robust Initialization for WeightNorm & ResNets"
 ARXIV_ID = "1906.02341"
 URL = f"https://arxiv.org/abs/{ARXIV_ID}"
@@ -40,6 +46,19 @@ class PaperRow:
     def top1(self) -> float:
         return round(100.0 - self.error, 2)
 
+    @property
+    def top1_text(self) -> str:
+        """Top-1 % as the paper would print it: ``92.80 ± 0.12``, or ``93.03`` without a std."""
+        return _with_std(self.top1, self.std)
+
+    @property
+    def error_text(self) -> str:
+        return _with_std(self.error, self.std)
+
+
+def _with_std(value: float, std: float | None) -> str:
+    return f"{value:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
 
 # Table 1, verbatim. Zoo WN checkpoints follow "proposed init + warmup" (+ cutout where the paper
 # used it), BN twins the BN rows. The paper's ResNet-56/110 BN numbers are quoted from He et al.
@@ -68,3 +87,15 @@ PAPER_TABLE1: tuple[PaperRow, ...] = (
 def paper_row(variant: str) -> PaperRow | None:
     """The Table 1 row a zoo variant (``arch.tag``) reproduces, if the paper has one."""
     return next((r for r in PAPER_TABLE1 if r.variant == variant), None)
+
+
+def coverage() -> str:
+    """What Table 1 reports, in words: ``ResNet-56, ResNet-110 and WRN-40-10 on CIFAR-10 and …``."""
+    archs: dict[str, dict[str, None]] = {}
+    for r in PAPER_TABLE1:
+        archs.setdefault(r.dataset, {})[r.architecture] = None
+    return " and ".join(f"{_listing(list(a))} on {DATASETS[ds].display}" for ds, a in archs.items())
+
+
+def _listing(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"

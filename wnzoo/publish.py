@@ -44,12 +44,12 @@ from timm.models import filter_pretrained_cfg, split_model_name_tag
 
 from . import __version__, evaluation, published
 from ._datasets import DATASETS, TAG_DATASET
-from ._io import WEIGHTS_FILE, atomic_write, load_weights_file, save_safetensors, sha256_file, write_json
+from ._io import atomic_write, load_weights_file, save_safetensors, sha256_file, write_json
 from .data import DeviceData, load_split
 from .hub import RELEASE_DIR
 from .layers import fuse
 from .model_card import MODEL_CARD, variant_card, zoo_card
-from .published import PUBLISHED_JSON, PublishedVariant
+from .published import PUBLISHED_JSON, HubFolder, PublishedVariant
 from .registry import create_model, is_zoo_model, twin_name
 from .training import RunFolder, load_config
 from .training.config import NON_RECIPE_KEYS
@@ -60,7 +60,7 @@ __all__ = ["publish", "PublishError", "Run", "build_folder", "measure", "verify_
 _log = logging.getLogger(__name__)
 
 REPO_ROOT = RELEASE_DIR.parent
-HUB_FILES = (WEIGHTS_FILE, "config.json", "README.md", "recipe.yaml", "metrics.jsonl", "curves.png")
+HUB_FILES = HubFolder.FILES
 RELEASE_MAX_BYTES = 10_000_000        # per weight file kept in the repository
 RELEASE_TOTAL_MAX_BYTES = 48 << 20    # all release copies together
 LOG_TOLERANCE = 1.0                   # points of top-1 between the training log and the publish-time measurement
@@ -156,23 +156,23 @@ def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
     if run.config.get("model") != arch or run.config.get("dataset") != dataset:
         raise PublishError(f"run {run.dir} trained {run.config.get('model')} on {run.config.get('dataset')}, but "
                            f"{name} is {arch} on {dataset}; pick the matching --repo-id")
-    state = load_weights_file(run.dir / WEIGHTS_FILE)
+    state = load_weights_file(run.dir / RunFolder.WEIGHTS)
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise PublishError(f"{run.dir / WEIGHTS_FILE} holds non-finite values in {bad[:5]}; the run diverged")
+        raise PublishError(f"{run.dir / RunFolder.WEIGHTS} holds non-finite values in {bad[:5]}; the run diverged")
     model = create_model(arch, num_classes=DATASETS[dataset].num_classes)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise PublishError(f"{run.dir / WEIGHTS_FILE} does not fit {arch}: missing keys {missing[:5]}, unexpected "
-                           f"{unexpected[:5]}. A 'module.' or '_orig_mod.' prefix comes from a DDP or compiled "
+        raise PublishError(f"{run.dir / RunFolder.WEIGHTS} does not fit {arch}: missing keys {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}. A 'module.' or '_orig_mod.' prefix comes from a DDP or compiled "
                            f"wrapper: save the unwrapped model's state_dict()")
     out.mkdir(parents=True, exist_ok=True)
     # One metadata key only: safetensors writes metadata in hash order, and the file must hash the same every time.
-    save_safetensors(out / WEIGHTS_FILE, model.state_dict(), {"format": "pt"})
-    (out / "recipe.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
-    shutil.copyfile(run.dir / RunFolder.METRICS, out / "metrics.jsonl")
+    save_safetensors(out / HubFolder.WEIGHTS, model.state_dict(), {"format": "pt"})
+    (out / HubFolder.RECIPE).write_text(yaml.safe_dump(run.config, sort_keys=False))
+    shutil.copyfile(run.dir / RunFolder.METRICS, out / HubFolder.METRICS)
     if (run.dir / RunFolder.CURVES).is_file():
-        shutil.copyfile(run.dir / RunFolder.CURVES, out / "curves.png")
+        shutil.copyfile(run.dir / RunFolder.CURVES, out / HubFolder.CURVES)
     return model
 
 
@@ -193,7 +193,7 @@ def measure(folder: Path, name: str, data: str | os.PathLike) -> dict[str, Any]:
 def hub_config(model: torch.nn.Module, rec: PublishedVariant) -> dict[str, Any]:
     """``config.json`` in timm's schema (``timm.create_model('hf-hub:...')`` reads it) plus wnzoo's fields."""
     cfg = filter_pretrained_cfg(model.pretrained_cfg, remove_source=True, remove_null=True)
-    cfg.pop("architecture")
+    cfg.pop("architecture", None)
     return {"architecture": rec.arch, "num_classes": model.num_classes, "num_features": model.num_features,
             "global_pool": "avg", "pretrained_cfg": cfg,
             **{k: getattr(rec, k) for k in ("dataset", "metrics", "eval", "recipe", "params", "epochs", "sha256")},
@@ -205,19 +205,20 @@ def verify_folder(folder: Path, rec: PublishedVariant, weights: bool = True) -> 
     ``weights=False`` checks a release copy kept without its (too large) weight file."""
     files = sorted(p.name for p in folder.iterdir())
     unexpected = [f for f in files if f not in HUB_FILES]
-    required = [f for f in HUB_FILES if f != "curves.png" and (weights or f != WEIGHTS_FILE) and f not in files]
+    required = [f for f in HUB_FILES
+                if f != HubFolder.CURVES and (weights or f != HubFolder.WEIGHTS) and f not in files]
     if unexpected or required:
         raise PublishError(f"{folder}: unexpected files {unexpected}, missing {required}")
-    if weights and sha256_file(folder / WEIGHTS_FILE) != rec.sha256:
-        raise PublishError(f"{folder / WEIGHTS_FILE} does not hash to the recorded sha256 {rec.sha256}")
-    cfg = json.loads((folder / "config.json").read_text())
+    if weights and sha256_file(folder / HubFolder.WEIGHTS) != rec.sha256:
+        raise PublishError(f"{folder / HubFolder.WEIGHTS} does not hash to the recorded sha256 {rec.sha256}")
+    cfg = json.loads((folder / HubFolder.CONFIG).read_text())
     for key in ("metrics", "eval", "sha256", "params", "recipe", "dataset"):
         if cfg.get(key) != getattr(rec, key):
             raise PublishError(f"{folder}/config.json has {key}={cfg.get(key)!r}, the record {getattr(rec, key)!r}")
     if (cfg["architecture"], cfg["pretrained_cfg"].get("tag")) != (rec.arch, rec.tag):
         raise PublishError(f"{folder}/config.json describes {cfg['architecture']}.{cfg['pretrained_cfg'].get('tag')}, "
                            f"not {rec.name}")
-    card = ModelCard.load(folder / "README.md")
+    card = ModelCard.load(folder / HubFolder.CARD)
     results = card.data.eval_results or []
     if [r.metric_value for r in results] != [rec.top1]:
         raise PublishError(f"{folder}/README.md reports {[r.metric_value for r in results]}, measured {rec.top1}")
@@ -357,16 +358,16 @@ def _build_and_verify(run: Run, repo_id: str, stage: Path, data: str | os.PathLi
         raise PublishError(f"publish measured top-1 {measured['metrics']['top1']:.2f} % but the run logged "
                            f"{logged:.2f} % on the test set: is --data the dataset the run was trained on?")
     rec = PublishedVariant(
-        repo_id=repo_id, revision=None, sha256=sha256_file(stage / WEIGHTS_FILE), dataset=TAG_DATASET[tag],
+        repo_id=repo_id, revision=None, sha256=sha256_file(stage / HubFolder.WEIGHTS), dataset=TAG_DATASET[tag],
         metrics=measured["metrics"], recipe=recipe_rel, params=sum(p.numel() for p in model.parameters()),
         arch=arch, tag=tag, epochs=run.summary.get("epochs_done", run.config["epochs"]),
-        size=(stage / WEIGHTS_FILE).stat().st_size, eval=measured["eval"])
-    write_json(stage / "config.json", hub_config(model, rec))
+        size=(stage / HubFolder.WEIGHTS).stat().st_size, eval=measured["eval"])
+    write_json(stage / HubFolder.CONFIG, hub_config(model, rec))
     reproduce = " ".join(["python train/train.py -c", recipe_rel] + (["--set", *overrides] if overrides else []))
     card = variant_card(rec, train_cfg=run.config, summary=run.summary, history=run.history, reproduce=reproduce,
                         recipe_notes=recipe_notes(REPO_ROOT / recipe_rel),
                         files=sorted(p.name for p in stage.iterdir()), twin=records.get(twin_name(name)))
-    atomic_write(stage / "README.md", lambda p: card.save(p))
+    atomic_write(stage / HubFolder.CARD, lambda p: card.save(p))
     verify_folder(stage, rec)
     return rec
 
@@ -376,7 +377,7 @@ def _pin_and_record(rec: PublishedVariant, stage: Path, push: bool, endpoint: st
     """Pin the verified folder (pushed, or a local commit), keep its release copy and record it."""
     keep_weights = rec.size <= RELEASE_MAX_BYTES
     total = _release_size(release_dir, rec.name) + sum(p.stat().st_size for p in stage.iterdir()
-                                                       if keep_weights or p.name != WEIGHTS_FILE)
+                                                       if keep_weights or p.name != HubFolder.WEIGHTS)
     if total > RELEASE_TOTAL_MAX_BYTES:
         raise PublishError(f"the release copies would take {total / 2**20:.1f} MiB, over the "
                            f"{RELEASE_TOTAL_MAX_BYTES >> 20} MiB the repository allows")
@@ -391,9 +392,9 @@ def _pin_and_record(rec: PublishedVariant, stage: Path, push: bool, endpoint: st
         p.chmod(0o644)  # atomic writes leave owner-only files; the release copy is for everyone
     if not keep_weights:
         _log.warning("%s is %.1f MB, over the %d MB kept in the repository: the release copy has no weights, so "
-                     "a fresh clone loads them from the Hub only", WEIGHTS_FILE, rec.size / 1e6,
+                     "a fresh clone loads them from the Hub only", HubFolder.WEIGHTS, rec.size / 1e6,
                      RELEASE_MAX_BYTES // 1_000_000)
-        (release / WEIGHTS_FILE).unlink()
+        (release / HubFolder.WEIGHTS).unlink()
     release_dir.mkdir(parents=True, exist_ok=True)
     _replace_dir(release, release_dir / rec.name)
     published.save({**published.load(published_json), rec.name: rec}, published_json)

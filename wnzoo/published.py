@@ -13,11 +13,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ._io import write_json
+from ._io import WEIGHTS_FILE, write_json
 
-__all__ = ["PublishedVariant", "PUBLISHED_JSON", "variants", "get", "load", "save"]
+__all__ = ["PublishedVariant", "HubFolder", "PUBLISHED_JSON", "variants", "get", "load", "save"]
 
 PUBLISHED_JSON = Path(__file__).with_name("published.json")
+
+
+class HubFolder:
+    """The files of a published variant's Hub repo (and of its release copy), by name."""
+
+    WEIGHTS = WEIGHTS_FILE
+    CONFIG = "config.json"      # timm's schema plus wnzoo's fields
+    CARD = "README.md"          # the model card
+    RECIPE = "recipe.yaml"      # the resolved training config
+    METRICS = "metrics.jsonl"   # one line per epoch
+    CURVES = "curves.png"       # optional
+    FILES = (WEIGHTS, CONFIG, CARD, RECIPE, METRICS, CURVES)
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,9 @@ class PublishedVariant:
     eval: dict[str, Any]    # how ``metrics`` were measured (images, split, device, dtype, torch)
     pushed: bool = False    # on the Hub (else only the release copy ``hub/<arch>.<tag>/`` serves it)
     hub_tag: str | None = None  # the Hub tag (``v1``, ``v2``, …) of the pinned commit
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys a newer wnzoo wrote
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer wnzoo wrote, kept as they are
+
+    __hash__ = None  # frozen fields, but dict-valued: records are compared, never hashed
 
     @property
     def name(self) -> str:
@@ -54,7 +68,11 @@ class PublishedVariant:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PublishedVariant":
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        missing = [k for k, f in fields.items() if k not in d and f.default is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"a published record lacks {missing}")
+        known = set(fields)
         return cls(**{k: v for k, v in d.items() if k in known},
                    extra={k: v for k, v in d.items() if k not in known})
 
@@ -64,7 +82,11 @@ def load(path: str | Path = PUBLISHED_JSON) -> dict[str, PublishedVariant]:
     path = Path(path)
     if not path.is_file():
         return {}
-    return {name: PublishedVariant.from_dict(d) for name, d in json.loads(path.read_text()).items()}
+    try:
+        return {name: PublishedVariant.from_dict(d) for name, d in json.loads(path.read_text()).items()}
+    except (ValueError, AttributeError) as e:  # JSON errors are ValueErrors
+        raise ValueError(f"{path} is not a valid list of published variants ({e}); restore it from the wnzoo "
+                         f"repository (git checkout -- {path.name})") from e
 
 
 @lru_cache(maxsize=None)

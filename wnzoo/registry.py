@@ -14,7 +14,7 @@ from timm.models import get_arch_name, is_model, list_models as _timm_list_model
 
 from .models import resnet, wide_resnet
 
-__all__ = ["create_model", "list_models", "is_zoo_model", "norm_of", "twin_name", "bn_twin", "did_you_mean",
+__all__ = ["create_model", "list_models", "is_zoo_model", "split_norm", "norm_of", "twin_name", "bn_twin", "did_you_mean",
            "unknown_model"]
 
 # timm keys its module index by the file's last name, which clashes with timm's own resnet.py,
@@ -33,17 +33,23 @@ def is_zoo_model(name: str) -> bool:
     return get_arch_name(name) in _ZOO_ARCHS
 
 
-def norm_of(name: str) -> str:
-    """``'wn'`` or ``'bn'``: the family of a zoo model or variant (every zoo name starts with it)."""
+def split_norm(name: str) -> tuple[str, str]:
+    """``'wn_resnet56.c10'`` → ``('wn', 'resnet56.c10')``: a zoo name is its family, then the topology."""
     if not is_zoo_model(name):
         raise unknown_model(name)
-    return name.split("_", 1)[0]
+    norm, rest = name.split("_", 1)
+    return norm, rest
+
+
+def norm_of(name: str) -> str:
+    """``'wn'`` or ``'bn'``: the family of a zoo model or variant."""
+    return split_norm(name)[0]
 
 
 def twin_name(name: str) -> str:
     """The BN twin of a WN model or variant and vice versa (``wn_resnet56.c10`` ↔ ``bn_resnet56.c10``)."""
-    rest = name.split("_", 1)[1]
-    return f"{'bn' if norm_of(name) == 'wn' else 'wn'}_{rest}"
+    norm, rest = split_norm(name)
+    return f"{'bn' if norm == 'wn' else 'wn'}_{rest}"
 
 
 def bn_twin(name: str) -> str | None:

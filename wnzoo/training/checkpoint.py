@@ -25,7 +25,7 @@ import yaml
 from safetensors import SafetensorError
 from torch import nn
 
-from .._io import atomic_write, load_safetensors, read_metadata, save_safetensors, write_json
+from .._io import WEIGHTS_FILE, atomic_write, load_safetensors, read_metadata, save_safetensors, write_json
 
 __all__ = ["RunState", "RunFolder", "StateError", "STATE_FORMAT"]
 
@@ -101,7 +101,7 @@ class RunFolder:
     """The files of one run folder, by name; the only place that knows them."""
 
     STATE = "state.safetensors"
-    WEIGHTS = "model.safetensors"
+    WEIGHTS = WEIGHTS_FILE
     EMA_WEIGHTS = "model_ema.safetensors"
     CONFIG = "config.yaml"
     METRICS = "metrics.jsonl"

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from .._datasets import DATASETS
 from ..init import SCHEMES
 from ..registry import did_you_mean, is_zoo_model, list_models, norm_of
 
@@ -18,7 +19,7 @@ __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "COMP
 COMPILE_MODES = ("none", "default", "reduce-overhead")
 
 _CHOICES = {
-    "dataset": ("cifar10", "cifar100"),
+    "dataset": tuple(DATASETS),
     "warmup_shape": ("quadratic", "linear"),
     "schedule": ("step", "cosine", "constant"),
     "device": ("auto", "cpu", "cuda"),

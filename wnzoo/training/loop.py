@@ -30,6 +30,7 @@ from ..evaluation import evaluate, load_test_data
 from ..registry import create_model
 from .checkpoint import RunFolder, RunState, StateError
 from .config import NON_RECIPE_KEYS, ConfigError, TrainConfig
+from .plots import plot_curves
 from .schedule import LRSchedule
 from .step import TrainStep
 
@@ -170,7 +171,7 @@ def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
 def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool) -> RunState | None:
     """The state to resume from (``resume``), after checking it belongs to this recipe."""
     if (folder / RunFolder.LEGACY_STATE).is_file():
-        raise StateError(f"{folder.path} holds a state.pt from wnzoo 0.1, which this version cannot resume; "
+        raise StateError(f"{folder.path} holds a {RunFolder.LEGACY_STATE} from wnzoo 0.1, which this version cannot resume; "
                          f"finish it with wnzoo 0.1 or start a new --out folder")
     if not resume:
         if folder.has_state():
@@ -283,7 +284,6 @@ def _write_exports(folder: RunFolder, state: RunState, summary: dict[str, Any] |
     folder.write_summary(summary)
     if state.history:
         try:
-            from .plots import plot_curves
             title = f"{state.config['model']} on {state.config['dataset']}"
             plot_curves(state.history, folder / RunFolder.CURVES, title)
         except ImportError as e:  # a bare GPU machine without matplotlib: export_run plots later

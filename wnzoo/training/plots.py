@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .._io import atomic_write
 
 __all__ = ["plot_curves"]
 
