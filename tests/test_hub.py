@@ -32,9 +32,9 @@ from wnzoo.data import DeviceData
 from wnzoo.evaluation import evaluate
 from wnzoo.model_card import MODEL_CARD, variant_card, zoo_card
 from wnzoo.registry import twin_name
-from wnzoo.publish import (HUB_FILES, REPO_ROOT, PublishError, Run, recipe_notes, commit_message, local_revision,
+from wnzoo.publish import (REPO_ROOT, PublishError, Run, recipe_notes, commit_message, local_revision,
                            publish, recipe_for, verify_folder)
-from wnzoo.published import PublishedVariant
+from wnzoo.published import HubFolder, PublishedVariant
 from wnzoo.training import load_config
 from wnzoo.training.plots import plot_curves
 
@@ -335,7 +335,7 @@ def test_local_dir_prefix_loads_the_hub_folder(zoo):
 # publishing -------------------------------------------------------------------------------------------
 def test_published_folder_is_complete_and_consistent(zoo):
     folder, rec = zoo["folder"], zoo["rec"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(HUB_FILES)  # no state, nothing else
+    assert sorted(p.name for p in folder.iterdir()) == sorted(HubFolder.FILES)  # no state, nothing else
     verify_folder(folder, rec)
     cfg = json.loads((folder / "config.json").read_text())
     assert (cfg["architecture"], cfg["num_classes"], cfg["num_features"]) == ("wn_resnet20", 10, 64)
@@ -381,7 +381,7 @@ def test_release_copy_records_and_zoo_card(zoo):
     rec = zoo["rec"]
     assert published.load(zoo["published_json"]) == {NAME: rec}
     release = zoo["release_dir"] / NAME
-    assert sorted(p.name for p in release.iterdir()) == sorted(HUB_FILES)
+    assert sorted(p.name for p in release.iterdir()) == sorted(HubFolder.FILES)
     verify_folder(release, rec)
     # the pin of an unpushed variant is the deterministic commit of its release copy: recomputable by anyone
     assert local_revision(release, commit_message(rec)) == rec.revision
@@ -396,7 +396,7 @@ def test_dry_run_builds_and_verifies_only(zoo, fake_data, tmp_path):
     verify_folder(folder, rec)
     assert not any(p.exists() for p in paths.values())
     # the same run gives byte-identical files: publishing is reproducible
-    assert all((folder / f).read_bytes() == (zoo["folder"] / f).read_bytes() for f in HUB_FILES)
+    assert all((folder / f).read_bytes() == (zoo["folder"] / f).read_bytes() for f in HubFolder.FILES)
 
 
 def test_publish_refuses_what_it_cannot_stand_behind(zoo, fake_data, tmp_path):

@@ -16,8 +16,8 @@ from huggingface_hub.utils.sha import sha_fileobj
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-__all__ = ["WEIGHTS_FILE", "WeightsError", "atomic_write", "write_json", "save_safetensors", "load_safetensors",
-           "read_metadata", "load_weights_file", "weights_path", "sha256_file"]
+__all__ = ["WEIGHTS_FILE", "WeightsError", "atomic_write", "write_json", "save_safetensors", "read_metadata",
+           "load_weights_file", "weights_path", "sha256_file"]
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -59,10 +59,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         return f.metadata() or {}
 
 
-def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
-
-
 def weights_path(path: str | os.PathLike) -> Path:
     """A weight file given as itself or as the folder holding ``model.safetensors``."""
     path = Path(path)
@@ -79,7 +75,7 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path} is not a .safetensors file; wnzoo never unpickles weights. Convert it with "
                            f"safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
     try:
-        return load_safetensors(path)
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupted: "
                            f"delete it and download it again") from e

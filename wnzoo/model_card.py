@@ -45,7 +45,6 @@ class _PaperResult(NamedTuple):
 class _ZooRow(NamedTuple):
     """One variant of the zoo card's table, with what it is compared to."""
 
-    name: str
     rec: PublishedVariant
     dataset: DatasetInfo
     paper: _PaperResult | None
@@ -132,7 +131,7 @@ def variant_card(rec: PublishedVariant, *, train_cfg: dict[str, Any], summary: d
 def zoo_card(records: dict[str, PublishedVariant]) -> str:
     """``MODEL_CARD.md``: every published variant with its accuracy beside the paper's and the BN twin's
     (``templates/zoo_card.md``)."""
-    rows = [_ZooRow(name, rec, DATASETS[rec.dataset], _paper(name), twin_name(name), records.get(twin_name(name)))
+    rows = [_ZooRow(rec, DATASETS[rec.dataset], _paper(name), twin_name(name), records.get(twin_name(name)))
             for name, rec in sorted(records.items())]
     return _JINJA.get_template("zoo_card.md").render(rows=rows, paper=paper, datasets=list(DATASETS.values()),
                                                      wnzoo_citation=WNZOO_CITATION)

@@ -60,7 +60,6 @@ __all__ = ["publish", "PublishError", "Run", "build_folder", "measure", "verify_
 _log = logging.getLogger(__name__)
 
 REPO_ROOT = RELEASE_DIR.parent
-HUB_FILES = HubFolder.FILES
 RELEASE_MAX_BYTES = 10_000_000        # per weight file kept in the repository
 RELEASE_TOTAL_MAX_BYTES = 48 << 20    # all release copies together
 LOG_TOLERANCE = 1.0                   # points of top-1 between the training log and the publish-time measurement
@@ -204,8 +203,8 @@ def verify_folder(folder: Path, rec: PublishedVariant, weights: bool = True) -> 
     """Check a Hub folder against its record: files, hash, config.json, and the card's model-index number.
     ``weights=False`` checks a release copy kept without its (too large) weight file."""
     files = sorted(p.name for p in folder.iterdir())
-    unexpected = [f for f in files if f not in HUB_FILES]
-    required = [f for f in HUB_FILES
+    unexpected = [f for f in files if f not in HubFolder.FILES]
+    required = [f for f in HubFolder.FILES
                 if f != HubFolder.CURVES and (weights or f != HubFolder.WEIGHTS) and f not in files]
     if unexpected or required:
         raise PublishError(f"{folder}: unexpected files {unexpected}, missing {required}")

@@ -74,8 +74,8 @@ class CifarResNet(nn.Module):
                  in_chans: int = 3, stem_width: int = 16, stem_norm: bool = True, final_norm: bool = True,
                  init: str | None = None, init_batch: torch.Tensor | None = None) -> None:
         super().__init__()
-        if norm not in ("wn", "bn"):
-            raise ValueError(f"norm must be 'wn' or 'bn', got {norm!r}")
+        if norm not in DEFAULT_INIT:
+            raise ValueError(f"norm must be {' or '.join(map(repr, DEFAULT_INIT))}, got {norm!r}")
         if blocks < 1 or len(widths) != 3:
             raise ValueError(f"need blocks >= 1 and three stage widths, got blocks={blocks}, widths={widths}")
         self.norm, self.blocks, self.widths = norm, blocks, tuple(widths)

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 import yaml
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
-from .._io import WEIGHTS_FILE, atomic_write, load_safetensors, read_metadata, save_safetensors, write_json
+from .._io import WEIGHTS_FILE, atomic_write, read_metadata, save_safetensors, write_json
 
 __all__ = ["RunState", "RunFolder", "StateError", "STATE_FORMAT"]
 
@@ -83,7 +84,7 @@ class RunState:
         path = Path(path)
         try:
             meta = read_metadata(path)
-            weights = load_safetensors(path) if tensors else {}
+            weights = load_file(path) if tensors else {}
         except (SafetensorError, OSError, ValueError) as e:
             raise StateError(f"{path} is not a readable run state ({e}); it is damaged: restore a copy, or "
                              f"move it aside to start the run anew") from e

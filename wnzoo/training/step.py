@@ -36,8 +36,8 @@ class LossAndCorrect(nn.Module):
 class TrainStep:
     """``step(x, y, lr)`` → ``(loss, correct)`` device tensors, after one SGD update of ``model``.
 
-    ``net`` is what runs the forward (``model`` itself, or its DDP wrapper); ``params`` the
-    parameters to clip; ``ema`` a timm ``ModelEmaV3`` or ``None``.
+    ``net`` is what runs the forward (``model`` itself, or its DDP wrapper); ``grad_clip`` the
+    max global norm of ``model``'s gradients (0: none); ``ema`` a timm ``ModelEmaV3`` or ``None``.
     """
 
     def __init__(self, model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, *, compile: str = "none",
