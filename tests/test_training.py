@@ -395,3 +395,25 @@ def test_torchrun_gloo_matches_single_process(tiny_data, tmp_path):
     c = _weights(tmp_path / "seed1")
     rel = lambda x, y: max(((x[k] - y[k]).norm() / x[k].norm()).item() for k in x if x[k].norm() > 0)
     assert rel(a, b) < 2e-3 < 10 * 2e-3 < rel(a, c), (rel(a, b), rel(a, c))
+
+
+@pytest.mark.parametrize("name", ["wn_resnet20", "bn_resnet20"])
+def test_optimizer_decay_follows_the_model_and_the_recipe(name, tiny_data, monkeypatch):
+    from wnzoo.registry import create_model
+    from wnzoo.training.loop import make_optimizer
+
+    model = create_model(name)
+
+    def decay_of(opt):
+        return {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+
+    # the paper's recipe decays every parameter (the model exempts none)
+    assert model.no_weight_decay() == set()
+    wd = decay_of(make_optimizer(model, _cfg(tiny_data), torch.device("cpu")))
+    assert len(wd) == len(list(model.parameters())) and set(wd.values()) == {1e-4}
+    # wd_on_gains_biases_bn: false exempts every 1-d tensor; the model's own list is honoured too
+    monkeypatch.setattr(type(model), "no_weight_decay", lambda self: {"stem.bias", "fc.weight"})
+    opt = make_optimizer(model, _cfg(tiny_data, wd_on_gains_biases_bn=False), torch.device("cpu"))
+    wd, names = decay_of(opt), dict(model.named_parameters())
+    assert {n for n, p in names.items() if wd[id(p)] == 0} == {n for n, p in names.items() if p.ndim <= 1} | {"fc.weight"}
+    assert opt.defaults["momentum"] == 0.9 and not opt.defaults["nesterov"]

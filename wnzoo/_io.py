@@ -65,9 +65,9 @@ def weights_path(path: str | os.PathLike) -> Path:
     return path / WEIGHTS_FILE if path.is_dir() else path
 
 
-def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors weight file (or a folder's ``model.safetensors``); anything else, pickles
-    included, is refused with a :class:`WeightsError` that says how to fix it."""
+def check_weights_file(path: str | os.PathLike) -> Path:
+    """The safetensors weight file at ``path`` (or in that folder), checked from its header; anything
+    else, pickles included, is refused with a :class:`WeightsError` that says how to fix it."""
     path = weights_path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist; pass a model.safetensors file or a folder holding one")
@@ -75,10 +75,16 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path} is not a .safetensors file; wnzoo never unpickles weights. Convert it with "
                            f"safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
     try:
-        return load_file(str(path))
+        read_metadata(path)  # safetensors checks the header against the file's length: truncation shows here
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupted: "
                            f"delete it and download it again") from e
+    return path
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a weight file that :func:`check_weights_file` accepts."""
+    return load_file(str(check_weights_file(path)))
 
 
 def sha256_file(path: str | os.PathLike) -> str:

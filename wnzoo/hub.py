@@ -1,4 +1,4 @@
-"""Resolve, download, verify and load pretrained weights (safetensors only, never pickle).
+"""Resolve, download and verify pretrained weights (safetensors only, never pickle).
 
 Published variants are listed in ``wnzoo/published.json`` (:mod:`wnzoo.published`): per
 ``arch.tag`` the Hub repo id, the pinned revision, the sha256 of ``model.safetensors`` and its
@@ -13,7 +13,9 @@ metrics. Resolution order for ``pretrained=True``:
 3. for a published variant, the release copy kept in this repository under ``hub/<arch>.<tag>/``,
    so a fresh clone works with no network at all.
 
-Published weights must match the pinned sha256 whatever their source, and loading is strict.
+Published weights must match the pinned sha256 whatever their source. timm's builder then loads
+the verified file: it swaps the classifier for another ``num_classes`` and adapts the stem to
+``in_chans``; anything else that does not fit the model is an error (``checkpoint_filter_fn``).
 """
 from __future__ import annotations
 
@@ -22,13 +24,12 @@ import os
 from pathlib import Path
 
 from huggingface_hub import constants, hf_hub_download
-from timm.models import get_pretrained_cfg
-from torch import nn
+from timm.models import get_pretrained_cfg, resolve_pretrained_cfg
 
 from . import published
-from ._io import WEIGHTS_FILE, WeightsError, load_weights_file, sha256_file, weights_path
+from ._io import WEIGHTS_FILE, WeightsError, check_weights_file, load_weights_file, sha256_file, weights_path
 
-__all__ = ["published_cfg", "load_pretrained", "resolve_weights", "sha256_file", "load_weights_file",
+__all__ = ["published_cfg", "resolve_pretrained", "resolve_weights", "sha256_file", "load_weights_file",
            "RELEASE_DIR", "WEIGHTS_FILE", "WeightsError"]
 
 _log = logging.getLogger(__name__)
@@ -122,23 +123,10 @@ def resolve_weights(name: str, cfg: dict, cache_dir: str | os.PathLike | None = 
                        "with a local copy")
 
 
-def load_pretrained(model: nn.Module, cache_dir: str | os.PathLike | None = None) -> nn.Module:
-    """Load the weights named by ``model.pretrained_cfg`` strictly; a different ``num_classes``
-    drops the classifier (kept freshly initialized), as timm does."""
-    cfg = model.pretrained_cfg
+def resolve_pretrained(variant: str, pretrained_cfg: dict | str | None = None, overlay: dict | None = None,
+                       cache_dir: str | os.PathLike | None = None) -> tuple[dict, Path]:
+    """The pretrained cfg of a model being built (timm's resolution of its tag and overlay) and its
+    weight file, found by :func:`resolve_weights` and checked to be a readable safetensors file."""
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay).to_dict()
     name = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"]
-    path = resolve_weights(name, cfg, cache_dir)
-    state = load_weights_file(path)
-    classifier = cfg.get("classifier", "fc")
-    if getattr(model, "num_classes", None) != cfg.get("num_classes"):
-        state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        bad_missing = [k for k in missing if not k.startswith(classifier + ".")]
-        if bad_missing or unexpected:
-            raise WeightsError(f"{path} does not fit {name}: missing {bad_missing[:5]}, unexpected {unexpected[:5]}")
-        return model
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise WeightsError(f"{path} does not fit {name}: {e}") from e
-    return model
+    return cfg, check_weights_file(resolve_weights(name, cfg, cache_dir))

@@ -11,17 +11,16 @@ once per forward call. Two legacy formats load transparently into these keys:
 ``weight_g``/``weight_v`` (``torch.nn.utils.weight_norm``, the authors' code) and
 ``parametrizations.weight.original0``/``original1`` (``torch.nn.utils.parametrizations.weight_norm``).
 """
-from __future__ import annotations
-
 import copy
-from typing import Iterable
+from typing import Iterable, List
 
 import torch
 import torch.nn.functional as F
+from timm.models import adapt_input_conv
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["WNConv2d", "WNLinear", "is_wn", "fuse", "fold_bn_into_linear"]
+__all__ = ["WNConv2d", "WNLinear", "is_wn", "adapt_wn_input_conv", "fuse", "fold_bn_into_linear"]
 
 _LEGACY_KEYS = (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1"))
 
@@ -34,17 +33,18 @@ class _WeightNorm(nn.Module):
     residual branch; ``stage_blocks`` and ``block_index`` are set too) or ``'linear'`` (γ = 1).
     """
 
-    g: nn.Parameter
-    v: nn.Parameter
+    # Class-level names kept out of TorchScript: they are only used when building or fusing.
+    __jit_unused_properties__ = ["fan_in", "fan_out"]
 
     def _init_params(self, out_features: int, v_shape: tuple[int, ...], bias: bool) -> None:
         self.v = nn.Parameter(torch.empty(v_shape))
         self.g = nn.Parameter(torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         # Reduce over every dim but the first in place: ``v.flatten(1)`` would copy a channels_last
-        # ``v`` on every call; the gain is reshaped to broadcast against ``v``.
-        self._norm_dims = tuple(range(1, len(v_shape)))
-        self._gain_shape = (-1,) + (1,) * (len(v_shape) - 1)
+        # ``v`` on every call; the gain is reshaped to broadcast against ``v``. Lists, not tuples,
+        # because TorchScript and torch.fx take them as constant int lists.
+        self._norm_dims: List[int] = list(range(1, len(v_shape)))
+        self._gain_shape: List[int] = [-1] + [1] * (len(v_shape) - 1)
         self.init_role = "linear"
         self.stage_blocks = 1
         self.block_index = 1
@@ -132,6 +132,14 @@ class WNLinear(_WeightNorm):
 
 def is_wn(module: nn.Module) -> bool:
     return isinstance(module, _WeightNorm)
+
+
+@torch.no_grad()
+def adapt_wn_input_conv(in_chans: int, g: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's ``adapt_input_conv`` for a WN conv's ``(g, v)``: the effective weight is adapted, then
+    split again (``g = ||w||``, ``v = w``), so the layer computes exactly the adapted plain conv."""
+    w = adapt_input_conv(in_chans, g.view(-1, 1, 1, 1) * v / torch.linalg.vector_norm(v, dim=(1, 2, 3), keepdim=True))
+    return torch.linalg.vector_norm(w, dim=(1, 2, 3)), w
 
 
 @torch.no_grad()

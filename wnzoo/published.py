@@ -104,6 +104,11 @@ def get(name: str) -> PublishedVariant | None:
     return variants().get(name)
 
 
+def by_repo(repo_id: str) -> PublishedVariant | None:
+    """The record published as Hub repo ``repo_id`` (``org/name``), if any."""
+    return next((rec for rec in variants().values() if rec.repo_id == repo_id), None)
+
+
 def save(records: dict[str, PublishedVariant], path: str | Path = PUBLISHED_JSON) -> None:
     """Write ``records`` (sorted by name) to ``path``; refreshes :func:`variants` if that is the package's file."""
     write_json(path, {name: records[name].to_dict() for name in sorted(records)})

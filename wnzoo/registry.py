@@ -12,6 +12,7 @@ from typing import Iterable
 import timm
 from timm.models import get_arch_name, is_model, list_models as _timm_list_models, split_model_name_tag
 
+from . import published
 from .models import resnet, wide_resnet
 
 __all__ = ["create_model", "list_models", "is_zoo_model", "split_norm", "norm_of", "twin_name", "bn_twin", "did_you_mean",
@@ -72,11 +73,21 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
                  **kwargs):
     """Build a zoo model, e.g. ``create_model('wn_resnet110', pretrained=True)``.
 
-    ``name`` is an architecture or ``arch.tag`` (``wn_resnet110.c10``; the bare name means the
-    default tag). ``init`` picks an init scheme of :mod:`wnzoo.init` (``init_batch=`` gives the input
-    batch that data-dependent schemes use). Other keyword arguments go to timm's ``create_model``
-    (``pretrained_cfg_overlay``, ``cache_dir``) or the model class.
+    ``name`` is an architecture, ``arch.tag`` (``wn_resnet110.c10``; the bare name means the default
+    tag) or ``hf-hub:org/name[@revision]``. A published variant's repo is built from the zoo's own
+    record, so it loads from the Hub, a mirror, the cache or the release copy; another repo goes to
+    timm, which reads its ``config.json`` from the Hub. ``init`` picks an init scheme of
+    :mod:`wnzoo.init` (``init_batch=`` gives the input batch that data-dependent schemes use). Other
+    keyword arguments go to timm's ``create_model`` (``features_only``, ``in_chans``,
+    ``pretrained_cfg_overlay``, ``cache_dir``) or the model class.
     """
+    if name.startswith("hf-hub:"):
+        rec = published.by_repo(name[len("hf-hub:"):].partition("@")[0])
+        if rec is None:
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, init=init, **kwargs)
+        kwargs["pretrained_cfg_overlay"] = dict(kwargs.get("pretrained_cfg_overlay") or {}, source="hf-hub",
+                                                hf_hub_id=name[len("hf-hub:"):])
+        name = rec.name
     arch, tag = split_model_name_tag(name)
     if arch not in _ZOO_ARCHS or not is_model(arch):
         raise unknown_model(name)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from timm.optim import create_optimizer_v2
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
@@ -34,7 +35,7 @@ from .plots import plot_curves
 from .schedule import LRSchedule
 from .step import TrainStep
 
-__all__ = ["train", "export_run", "throughput", "TrainingDiverged", "hardware_name"]
+__all__ = ["train", "export_run", "throughput", "make_optimizer", "TrainingDiverged", "hardware_name"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,12 +121,13 @@ def _load_data(cfg: TrainConfig, device: torch.device) -> tuple[DeviceData, Devi
     return train_data, DeviceData.from_arrays(ev[0][:m], ev[1][:m], cfg.dataset, device, **kw), split
 
 
-def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    if cfg.wd_on_gains_biases_bn:
-        return [dict(params=list(model.parameters()), weight_decay=cfg.weight_decay)]
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]  # WN gains, biases, BN affine
-    return [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=rest, weight_decay=0.0)]
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """SGD from timm's factory: the parameters in the model's ``no_weight_decay()`` (the paper's
+    recipe exempts none) and, with ``wd_on_gains_biases_bn: false``, every 1-d tensor (WN gains,
+    biases, BN affine) are not decayed."""
+    return create_optimizer_v2(model, "sgd" if cfg.nesterov else "momentum", lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, filter_bias_and_bn=not cfg.wd_on_gains_biases_bn,
+                               **({"fused": True} if device.type == "cuda" else {}))
 
 
 DataSource = Callable[[TrainConfig, torch.device], tuple[DeviceData, "DeviceData | None", "str | None"]]
@@ -147,8 +149,7 @@ def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
     model = create_model(cfg.model, num_classes=None, init=init, init_batch=init_batch).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          **({"fused": True} if device.type == "cuda" else {}))
+    opt = make_optimizer(model, cfg, device)
     ema = None
     if cfg.ema_decay:
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
