@@ -75,7 +75,7 @@ def plain_top1(arch_or_model, ckpt: Path | None, data_dir: Path) -> float:
     """Top-1 with the straightforward path (unfused model, float NCHW batches) for comparison."""
     model = wnzoo.create_model(arch_or_model)
     if ckpt:
-        model.load_state_dict(wnzoo.hub.load_weights_file(ckpt))
+        model.load_state_dict(wnzoo._io.load_weights_file(ckpt))
     x, y = load_split(data_dir, "cifar10", "test")
     data = DeviceData.from_arrays(x, y, "cifar10")
     return evaluate(model, data, batch_size=7)["top1"]

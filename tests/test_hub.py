@@ -605,3 +605,32 @@ def test_release_copy_reproduces_its_card_number(name, cifar10_dir):
         file=str(hub.RELEASE_DIR / name))))
     assert round(_accuracy(model, cifar10_dir), 2) == rec.metrics["top1"]
 
+
+
+def test_hf_hub_and_local_dir_names_in_wnzoo_create_model(zoo, olah_server, hub_env, records, tmp_path):
+    """``hf-hub:`` of a published repo resolves as the variant (pinned, release copy when offline); a
+    fork of a zoo model is timm's path through the zoo's loader; any other architecture is refused."""
+    folder_b, _ = other_weights(zoo["folder"], tmp_path / "b", seed=3)
+    fork = new_repo_id()
+    olah_server.add_commit(fork, folder_b, "fork")
+    model = wnzoo.create_model(f"hf-hub:{fork}", pretrained=True, num_classes=4)
+    assert model.num_classes == 4 and model.pretrained_cfg["hf_hub_id"] == fork
+    assert torch.equal(model.stem.v, load_file(str(folder_b / "model.safetensors"))["stem.v"])
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"architecture": "resnet10t", "num_classes": 10}))
+    torch.save({"conv1.weight": torch.zeros(1)}, foreign / "pytorch_model.bin")
+    other = new_repo_id()
+    olah_server.add_commit(other, foreign, "not a zoo model")
+    for name in (f"hf-hub:{other}", f"local-dir:{foreign}"):
+        with pytest.raises(ValueError, match="holds a resnet10t, not a wnzoo model; build it with timm.create_model"):
+            wnzoo.create_model(name, pretrained=True)
+
+    records({NAME: zoo["rec"]}, release_dir=zoo["release_dir"])
+    hub_env["offline"]()
+    model = wnzoo.create_model(f"hf-hub:{zoo['rec'].repo_id}", pretrained=True)
+    assert_weights(model, zoo["folder"] / "model.safetensors")
+    assert (model.pretrained_cfg["source"], model.pretrained_cfg["hf_hub_id"]) == ("hf-hub", zoo["rec"].repo_id)
+    local = wnzoo.create_model(f"local-dir:{zoo['folder']}", pretrained=True)
+    assert_weights(local, zoo["folder"] / "model.safetensors")

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 __all__ = ["WEIGHTS_FILE", "WeightsError", "atomic_write", "write_json", "save_safetensors", "read_metadata",
-           "load_weights_file", "weights_path", "sha256_file"]
+           "check_weights_file", "load_weights_file", "weights_path", "sha256_file"]
 
 WEIGHTS_FILE = "model.safetensors"
 

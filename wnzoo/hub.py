@@ -27,10 +27,10 @@ from huggingface_hub import constants, hf_hub_download
 from timm.models import get_pretrained_cfg, resolve_pretrained_cfg
 
 from . import published
-from ._io import WEIGHTS_FILE, WeightsError, check_weights_file, load_weights_file, sha256_file, weights_path
+from ._io import WEIGHTS_FILE, WeightsError, check_weights_file, sha256_file, weights_path
 
-__all__ = ["published_cfg", "resolve_pretrained", "resolve_weights", "sha256_file", "load_weights_file",
-           "RELEASE_DIR", "WEIGHTS_FILE", "WeightsError"]
+__all__ = ["published_cfg", "resolve_pretrained", "resolve_weights", "sha256_file", "RELEASE_DIR", "WEIGHTS_FILE",
+           "WeightsError"]
 
 _log = logging.getLogger(__name__)
 

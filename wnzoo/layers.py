@@ -20,7 +20,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["WNConv2d", "WNLinear", "is_wn", "adapt_wn_input_conv", "fuse", "fold_bn_into_linear"]
+__all__ = ["WNConv2d", "WNLinear", "is_wn", "rename_legacy_keys", "adapt_wn_input_conv", "fuse", "fold_bn_into_linear"]
 
 _LEGACY_KEYS = (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1"))
 
@@ -82,11 +82,25 @@ class _WeightNorm(nn.Module):
         return self.v.shape[0] * self.v[0, 0].numel()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for g_key, v_key in _LEGACY_KEYS:
-            if prefix + g_key in state_dict and prefix + v_key in state_dict:
-                state_dict[prefix + "g"] = state_dict.pop(prefix + g_key).reshape(-1)
-                state_dict[prefix + "v"] = state_dict.pop(prefix + v_key)
+        _rename_legacy(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _rename_legacy(state_dict: dict, prefix: str) -> None:
+    """The legacy keys of the WN layer at ``prefix``, if any, renamed to ``g``/``v`` in place."""
+    for g_key, v_key in _LEGACY_KEYS:
+        if prefix + g_key in state_dict and prefix + v_key in state_dict:
+            state_dict[prefix + "g"] = state_dict.pop(prefix + g_key).reshape(-1)
+            state_dict[prefix + "v"] = state_dict.pop(prefix + v_key)
+
+
+def rename_legacy_keys(state_dict: dict) -> dict:
+    """Every WN layer's legacy keys renamed to ``g``/``v`` in place, for code that compares a
+    checkpoint's keys with a model's before loading it."""
+    for g_key, _ in _LEGACY_KEYS:
+        for prefix in [k[:-len(g_key)] for k in state_dict if k.endswith(g_key)]:
+            _rename_legacy(state_dict, prefix)
+    return state_dict
 
 
 class WNConv2d(_WeightNorm):

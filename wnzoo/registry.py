@@ -10,7 +10,9 @@ import difflib
 from typing import Iterable
 
 import timm
-from timm.models import get_arch_name, is_model, list_models as _timm_list_models, split_model_name_tag
+from timm.models import (get_arch_name, is_model, list_models as _timm_list_models, load_model_config_from_hf,
+                         parse_model_name, split_model_name_tag)
+from timm.models._hub import load_model_config_from_path  # the local-dir: counterpart, not exported by timm
 
 from . import published
 from .models import resnet, wide_resnet
@@ -74,20 +76,27 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
     """Build a zoo model, e.g. ``create_model('wn_resnet110', pretrained=True)``.
 
     ``name`` is an architecture, ``arch.tag`` (``wn_resnet110.c10``; the bare name means the default
-    tag) or ``hf-hub:org/name[@revision]``. A published variant's repo is built from the zoo's own
-    record, so it loads from the Hub, a mirror, the cache or the release copy; another repo goes to
-    timm, which reads its ``config.json`` from the Hub. ``init`` picks an init scheme of
-    :mod:`wnzoo.init` (``init_batch=`` gives the input batch that data-dependent schemes use). Other
-    keyword arguments go to timm's ``create_model`` (``features_only``, ``in_chans``,
-    ``pretrained_cfg_overlay``, ``cache_dir``) or the model class.
+    tag), ``hf-hub:org/name[@revision]`` or ``local-dir:path``. A published variant's repo is built
+    from the zoo's own record, so it loads from the Hub, a mirror, the cache or the release copy;
+    another repo or folder goes to timm, which reads its ``config.json``, if that names a zoo model.
+    ``init`` picks an init scheme of :mod:`wnzoo.init` (``init_batch=`` gives the input batch that
+    data-dependent schemes use). Other keyword arguments go to timm's ``create_model``
+    (``features_only``, ``in_chans``, ``pretrained_cfg_overlay``, ``cache_dir``) or the model class.
     """
-    if name.startswith("hf-hub:"):
-        rec = published.by_repo(name[len("hf-hub:"):].partition("@")[0])
-        if rec is None:
-            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, init=init, **kwargs)
+    source, model_id = parse_model_name(name)
+    rec = published.by_repo(model_id.partition("@")[0]) if source == "hf-hub" else None
+    if rec is not None:
         kwargs["pretrained_cfg_overlay"] = dict(kwargs.get("pretrained_cfg_overlay") or {}, source="hf-hub",
-                                                hf_hub_id=name[len("hf-hub:"):])
+                                                hf_hub_id=model_id)
         name = rec.name
+    elif source:
+        # timm builds what the repo's or folder's config.json names: only a zoo architecture, whose weights
+        # go through the zoo's safetensors-only loader (timm's own would accept a pickled pytorch_model.bin)
+        load = load_model_config_from_hf if source == "hf-hub" else load_model_config_from_path
+        arch = load(model_id)[1]
+        if not is_zoo_model(arch):
+            raise ValueError(f"{name} holds a {arch}, not a wnzoo model; build it with timm.create_model")
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, init=init, **kwargs)
     arch, tag = split_model_name_tag(name)
     if arch not in _ZOO_ARCHS or not is_model(arch):
         raise unknown_model(name)

@@ -20,7 +20,7 @@ from .._datasets import DATASETS
 from .._io import WeightsError
 from ..hub import published_cfg, resolve_pretrained
 from ..init import DEFAULT_INIT, apply_init
-from ..layers import WNConv2d, adapt_wn_input_conv
+from ..layers import WNConv2d, adapt_wn_input_conv, rename_legacy_keys
 
 __all__ = ["CifarResNet", "WNBasicBlock", "PreActBasicBlock", "checkpoint_filter_fn"]
 
@@ -97,7 +97,7 @@ class CifarResNet(nn.Module):
             raise ValueError(f"need blocks >= 1 and three stage widths, got blocks={blocks}, widths={widths}")
         self.norm, self.blocks, self.widths = norm, blocks, tuple(widths)
         self.drop_rate = drop_rate
-        self.num_features = self.head_hidden_size = widths[-1]
+        self.num_features = widths[-1]
         self.grad_checkpointing = False
         wn = norm == "wn"
         self.stem = WNConv2d(in_chans, stem_width, 3, 1, 1) if wn else nn.Conv2d(in_chans, stem_width, 3, 1, 1)
@@ -157,7 +157,10 @@ class CifarResNet(nn.Module):
         last = len(self.stages)
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index]
         for feat_idx, stage in enumerate(stages, start=1):
-            x = stage(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
             if feat_idx in take_indices:
                 intermediates.append(self.final_norm(x) if norm and feat_idx == last else x)
         if intermediates_only:
@@ -200,6 +203,7 @@ class CifarResNet(nn.Module):
             raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
         self.num_classes = num_classes
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()  # 'catavgmax' doubles it
 
     def residual_blocks(self) -> Iterator[Tuple[int, nn.Module]]:
         """(stage index, block) for every residual block, in forward order."""
@@ -225,24 +229,23 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CifarResNet
     """Fit a checkpoint to ``model`` before timm's loader sees it.
 
     timm adapts a plain stem to ``in_chans`` and drops a classifier of another ``num_classes``; this
-    does the same for the WN stem, whose weight is ``g`` and ``v`` (:func:`adapt_wn_input_conv`), and
-    turns any other mismatch into a :class:`WeightsError` naming the file, instead of timm's
-    non-strict load silently skipping keys.
+    renames legacy WN keys, adapts the WN stem, whose weight is ``g`` and ``v``
+    (:func:`adapt_wn_input_conv`), and turns any other mismatch into a :class:`WeightsError` naming
+    the file, where timm's non-strict load (new head, ``features_only``) would skip keys silently.
     """
+    rename_legacy_keys(state_dict)
     v = state_dict.get("stem.v")
     if v is not None and v.shape[1] != model.stem.in_channels:
         g, v = adapt_wn_input_conv(model.stem.in_channels, state_dict["stem.g"], v)
         state_dict["stem.g"], state_dict["stem.v"] = g, v
     cfg = getattr(model, "pretrained_cfg", {})
     new_head = model.num_classes != cfg.get("num_classes", model.num_classes)  # timm drops the old classifier
-
-    def checked(key: str) -> bool:  # a plain stem's weight is adapted by timm after this filter
-        return key != "stem.weight" and not (new_head and key.startswith("fc."))
-
-    want = {k: v.shape for k, v in model.state_dict().items() if checked(k)}
-    got = {k: v.shape for k, v in state_dict.items() if checked(k)}
+    want = {k: v.shape for k, v in model.state_dict().items() if not (new_head and k.startswith("fc."))}
+    got = {k: v.shape for k, v in state_dict.items() if not (new_head and k.startswith("fc."))}
     missing, unexpected = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
-    wrong = [f"{k} {tuple(got[k])} vs {tuple(want[k])}" for k in sorted(want.keys() & got.keys()) if got[k] != want[k]]
+    # a plain stem's weight may differ in input channels: timm adapts it after this filter
+    wrong = [f"{k} {tuple(got[k])} vs {tuple(want[k])}" for k in sorted(want.keys() & got.keys())
+             if got[k] != want[k] and not (k == "stem.weight" and got[k][0] == want[k][0])]
     if missing or unexpected or wrong:
         raise WeightsError(f"{cfg.get('file', 'the checkpoint')} does not fit {cfg.get('architecture', 'the model')}: "
                            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
@@ -273,11 +276,12 @@ def create_cifar_model(variant: str, pretrained: bool = False, **kwargs) -> Cifa
         kwargs["pretrained_cfg_overlay"] = dict(kwargs.get("pretrained_cfg_overlay") or {}, file=str(path), source="")
     model = build_model_with_cfg(CifarResNet, variant, pretrained, feature_cfg=dict(flatten_sequential=True,
                                  out_indices=(0, 1, 2, 3)), pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
-    if pretrained:  # timm's loader read the verified local file; the cfg keeps the source the caller named
-        for key in ("file", "source"):
-            model.pretrained_cfg.pop(key, None)
-            if asked.get(key):
-                model.pretrained_cfg[key] = asked[key]
+    if pretrained:  # timm's loader read the verified local file; the cfgs keep the source the caller named
+        for cfg in [m.pretrained_cfg for m in model.modules() if hasattr(m, "pretrained_cfg")]:  # a wrapper's too
+            for key in ("file", "source"):
+                cfg.pop(key, None)
+                if asked.get(key):
+                    cfg[key] = asked[key]
     return model
 
 
