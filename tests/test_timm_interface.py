@@ -161,6 +161,13 @@ def test_fx_forward_backward_and_torchscript(name):
 PUBLISHED = ["wn_resnet20.c10", "bn_resnet20.c10"]  # the release copies in hub/: no network needed
 
 
+def _save(state: dict, path: Path) -> dict:
+    from safetensors.torch import save_file
+
+    save_file(state, path)
+    return dict(pretrained_cfg_overlay=dict(file=str(path)))
+
+
 def _check_in_chans_and_num_classes(name: str, whole_model: bool, **kw) -> None:
     """timm sums the stem over its input channels: a 1-channel image gives what its 3-channel copy
     gives. Checked on the stem's output, and on the whole model's where it is numerically stable
@@ -185,11 +192,8 @@ def test_published_weights_with_in_chans_and_num_classes(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_pretrained_file_with_in_chans_and_num_classes(name, tmp_path):
-    from safetensors.torch import save_file
-
-    save_file(timm.create_model(name).state_dict(), tmp_path / "model.safetensors")
-    _check_in_chans_and_num_classes(name, whole_model=False,
-                                    pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors")))
+    kw = _save(timm.create_model(name).state_dict(), tmp_path / "model.safetensors")
+    _check_in_chans_and_num_classes(name, whole_model=False, **kw)
 
 
 @pytest.mark.parametrize("mode", ["list", "getter", "fx"])
@@ -201,13 +205,8 @@ def test_features_only_pretrained_match_the_model(name, mode):
     _, inter = ref.forward_intermediates(x)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model(x), inter))
     assert model.pretrained_cfg["tag"] == "c10" and "num_classes" not in model.pretrained_cfg
-
-
-def _save(state: dict, path: Path) -> dict:
-    from safetensors.torch import save_file
-
-    save_file(state, path)
-    return dict(pretrained_cfg_overlay=dict(file=str(path)))
+    # the verified file handed to timm's loader is not left in any cfg (the getter wraps the model whole)
+    assert all("file" not in m.pretrained_cfg for m in model.modules() if hasattr(m, "pretrained_cfg"))
 
 
 def test_pretrained_that_does_not_fit_is_a_clear_error(tmp_path):

@@ -25,6 +25,11 @@ __all__ = ["WNConv2d", "WNLinear", "is_wn", "rename_legacy_keys", "adapt_wn_inpu
 _LEGACY_KEYS = (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1"))
 
 
+def _effective_weight(g: torch.Tensor, v: torch.Tensor, norm_dims: List[int], gain_shape: List[int]) -> torch.Tensor:
+    """``g * v / ||v||``, the norm over ``norm_dims`` (all but the first), ``g`` viewed as ``gain_shape``."""
+    return v * (g / torch.linalg.vector_norm(v, dim=norm_dims)).view(gain_shape)
+
+
 class _WeightNorm(nn.Module):
     """Shared parameter handling of the WN layers.
 
@@ -58,8 +63,7 @@ class _WeightNorm(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The effective weight ``g * v / ||v||`` (a fresh tensor each call)."""
-        scale = self.g / self.v_norm()
-        return self.v * scale.view(self._gain_shape)
+        return _effective_weight(self.g, self.v, self._norm_dims, self._gain_shape)
 
     def to_plain(self) -> nn.Module:
         """The plain layer computing the same function, with the effective weight frozen in."""
@@ -152,7 +156,7 @@ def is_wn(module: nn.Module) -> bool:
 def adapt_wn_input_conv(in_chans: int, g: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """timm's ``adapt_input_conv`` for a WN conv's ``(g, v)``: the effective weight is adapted, then
     split again (``g = ||w||``, ``v = w``), so the layer computes exactly the adapted plain conv."""
-    w = adapt_input_conv(in_chans, g.view(-1, 1, 1, 1) * v / torch.linalg.vector_norm(v, dim=(1, 2, 3), keepdim=True))
+    w = adapt_input_conv(in_chans, _effective_weight(g, v, [1, 2, 3], [-1, 1, 1, 1]))
     return torch.linalg.vector_norm(w, dim=(1, 2, 3)), w
 
 
