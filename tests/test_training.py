@@ -321,6 +321,7 @@ def _cli(*args, env=ENV, **kw):
                           text=True, **kw)
 
 
+@pytest.mark.slow  # 25 s; bit-exact resume stays in the fast suite (test_resume_is_bit_exact)
 def test_sigkill_then_resume_finishes_exactly(tiny_data, tmp_path):
     torch.set_num_threads(1)
     sets = ["--set", f"data={tiny_data}", "epochs=3", "batch_size=32", "lr=0.05", "warmup_epochs=1",
