@@ -2,18 +2,22 @@
 """Plot signal propagation at init for a zoo model under several init schemes (the paper's Figure 1).
 
     python eval/signal_propagation.py --model wn_resnet110 --out sigprop_wn_resnet110.png
+
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from wnzoo._cli import EXIT_CODES, run
+from wnzoo._io import check_writable
 from wnzoo.diagnostics import compare_inits, compared_schemes, plot_signal_propagation, stage_ratios
 from wnzoo.registry import is_zoo_model, unknown_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2] + EXIT_CODES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="wn_resnet110")
     ap.add_argument("--inits", nargs="+", default=None,
                     help="schemes to compare (default: proposed default datadep hanin for WN, orthogonal he for BN)")
@@ -21,16 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--out", default=None, help="PNG path (default sigprop_<model>.png)")
     args = ap.parse_args(argv)
+    if args.batch < 1 or args.image_size < 8:
+        ap.error("--batch must be at least 1 and --image-size at least 8 (the models downsample by 4)")
+    return run(lambda: _plot(args))
+
+
+def _plot(args: argparse.Namespace) -> int:
     if not is_zoo_model(args.model):
-        print(f"error: {unknown_model(args.model)}", file=sys.stderr)
-        return 2
+        raise unknown_model(args.model)
+    out = check_writable(args.out or f"sigprop_{args.model}.png")
     inits = args.inits or compared_schemes(args.model)
-    try:
-        res = compare_inits(args.model, inits, batch=args.batch, image_size=args.image_size)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = args.out or f"sigprop_{args.model}.png"
+    res = compare_inits(args.model, inits, batch=args.batch, image_size=args.image_size)
     plot_signal_propagation(res, out, title=f"{args.model}: signal propagation at initialization")
     for scheme, sp in res.items():
         ratios = " ".join(f"{r:.3g}" for r in stage_ratios(sp))

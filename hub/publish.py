@@ -6,7 +6,8 @@
 
 Without --push the variant is pinned to a deterministic local commit of its folder and served from the
 release copy hub/<arch>.<tag>/; --push uploads it to HF_ENDPOINT (needs a write token: HF_TOKEN or
-`hf auth login`) and pins the Hub's commit.
+`hf auth login`) and pins the Hub's commit. A published variant is replaced only with --replace.
+
 """
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import argparse
 import json
 import sys
 
+from wnzoo._cli import EXIT_CODES, run
 from wnzoo._datasets import TAG_DATASET
-from wnzoo.hub import WeightsError
-from wnzoo.publish import PublishError, publish, write_zoo_card
+from wnzoo.publish import publish, write_zoo_card
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2] + EXIT_CODES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", nargs="?", help="finished run folder (runs/<recipe>)")
     ap.add_argument("--repo-id", help=f"Hub repo id, wnzoo/<arch>.<tag> (tag {' or '.join(TAG_DATASET)})")
     ap.add_argument("--data", help="dataset folder for the test-set evaluation (default: the run's data)")
@@ -28,19 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--push", action="store_true", help="upload to the Hub (HF_ENDPOINT) and pin its commit")
     ap.add_argument("--dry-run", action="store_true", help="build and verify the folder only (see --out)")
     ap.add_argument("--out", help="where --dry-run builds the folder (default: a new temporary folder)")
+    ap.add_argument("--replace", action="store_true", help="replace the variant if it is already published")
     ap.add_argument("--model-card", action="store_true", help="regenerate MODEL_CARD.md from wnzoo/published.json")
     args = ap.parse_args(argv)
+    if not args.model_card and (not args.run_dir or not args.repo_id):
+        ap.error("RUN_DIR and --repo-id are required (or --model-card)")
+    return run(lambda: _publish(args))
+
+
+def _publish(args: argparse.Namespace) -> int:
     if args.model_card:
         print(f"wrote {write_zoo_card()}")
         return 0
-    if not args.run_dir or not args.repo_id:
-        ap.error("RUN_DIR and --repo-id are required (or --model-card)")
-    try:
-        rec, folder = publish(args.run_dir, args.repo_id, data=args.data, recipe=args.recipe, push=args.push,
-                              dry_run=args.dry_run, out=args.out)
-    except (PublishError, WeightsError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rec, folder = publish(args.run_dir, args.repo_id, data=args.data, recipe=args.recipe, push=args.push,
+                          dry_run=args.dry_run, out=args.out, replace=args.replace)
     print(json.dumps(rec.to_dict(), indent=2))
     what = "built and verified (dry run)" if args.dry_run else ("pushed" if rec.pushed else "published locally")
     print(f"{args.repo_id}: {what}, top-1 {rec.top1:.2f} %, folder {folder}")

@@ -35,7 +35,7 @@ from wnzoo.registry import twin_name
 from wnzoo.publish import (REPO_ROOT, PublishError, Run, recipe_notes, commit_message, local_revision,
                            publish, recipe_for, verify_folder)
 from wnzoo.published import HubFolder, PublishedVariant
-from wnzoo.training import load_config
+from wnzoo.training import RunState, load_config
 from wnzoo.training.plots import plot_curves
 
 RECIPE = REPO_ROOT / "configs" / "wn_resnet20_c10_short.yaml"
@@ -76,17 +76,17 @@ def make_run(root: Path, data: Path, weights_seed: int = 0, logged_offset: float
     model = wnzoo.create_model("wn_resnet20")
     cfg = load_config(RECIPE, dict(data=str(data), **overrides)).to_dict()
     save_safetensors(run / "model.safetensors", model.state_dict(), {"architecture": "wn_resnet20", "epoch": "15"})
-    save_safetensors(run / "state.safetensors", model.state_dict())  # resume state: must never be published
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     history = [dict(epoch=e, lr=0.1, train_loss=2.0, train_acc=10.0, test_acc=10.0, test_loss=2.3, epoch_time_s=1.0,
                     img_per_s=100.0) for e in range(1, cfg["epochs"] + 1)]
     # the loop evaluates unfused (bf16 on GPU), so its log may differ a little from the publish measurement
     history[-1]["test_acc"] = _accuracy(wnzoo.fuse(model), data) + logged_offset
+    RunState(len(history), cfg, history, model.state_dict()).save(run / "state.safetensors")  # never published
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     plot_curves(history, run / "curves.png")
     (run / "summary.json").write_text(json.dumps(dict(
         model="wn_resnet20", dataset="cifar10", eval_split="test", status="finished", epochs_done=cfg["epochs"],
-        device="cpu", world_size=1, seconds_this_session=1200.0, test_acc=history[-1]["test_acc"])))
+        device="cpu", world_size=1, seconds_this_session=1200.0, test_acc=history[-1]["test_acc"], final=history[-1])))
     return run
 
 
@@ -469,7 +469,12 @@ def test_push_then_load_end_to_end(zoo, fake_data, olah_server, hub_env, records
         assert f"[{repo_id}](https://huggingface.co/{repo_id})" in paths["zoo_card_path"].read_text()
 
         run2 = make_run(tmp_path / "second", fake_data, weights_seed=5)
-        rec2, _ = publish(run2, repo_id, data=fake_data, push=True, endpoint=write.url, **paths)
+        logged = Run.read(run2).logged_test_acc()
+        with pytest.raises(PublishError, match=rf"already published \(top-1 {rec1.top1:.2f} % after 15 epochs\); "
+                                               rf"this run logged {logged:.2f} % after 15 epochs. Pass --replace"):
+            publish(run2, repo_id, data=fake_data, push=True, endpoint=write.url, **paths)
+        assert published.load(paths["published_json"])[NAME] == rec1 and len(write.calls) == 5  # nothing touched
+        rec2, _ = publish(run2, repo_id, data=fake_data, push=True, endpoint=write.url, replace=True, **paths)
         assert rec2.hub_tag == "v2" and rec2.revision != rec1.revision and rec2.sha256 != rec1.sha256
         assert published.load(paths["published_json"])[NAME] == rec2
 

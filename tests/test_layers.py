@@ -127,6 +127,8 @@ def test_fuse_matches_and_has_plain_weights(name):
         assert n_bn == len(list(model.residual_blocks()))  # only bn1 (pre-activation) stays
     if name.startswith("wn_"):
         assert any(k.endswith(".g") for k in model.state_dict())  # the input model is untouched
+    with torch.no_grad():
+        assert torch.equal(wnzoo.fuse(fused)(x), fused(x))  # fusing a fused model changes nothing
 
 
 def test_torch_compile_smoke():

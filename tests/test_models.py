@@ -106,7 +106,7 @@ def test_torch_hub_local():
 def test_unknown_name_suggests_close_names():
     with pytest.raises(ValueError, match=r"unknown model 'wn_resnt110'.*wn_resnet110"):
         wnzoo.create_model("wn_resnt110")
-    with pytest.raises(ValueError, match=r"unknown tag 'in1k'.*wn_resnet20\.c10"):
+    with pytest.raises(ValueError, match=r"unknown tag 'in1k' for wn_resnet20; it has wn_resnet20\.c10, wn_resnet20\.c100$"):
         wnzoo.create_model("wn_resnet20.in1k")
     with pytest.raises(ValueError, match="unknown model 'resnet50'"):
         wnzoo.create_model("resnet50")  # a timm model, but not one of the zoo
@@ -139,3 +139,10 @@ def test_family_and_twin_come_from_the_registry():
         norm_of("wn_resnet21")
     with pytest.raises(ValueError, match="unknown model 'resnet20'"):
         twin_name("resnet20")
+
+
+@pytest.mark.parametrize("num_classes", [-1, 2.5, True])
+def test_a_negative_or_non_integer_num_classes_is_refused(num_classes):
+    with pytest.raises(ValueError, match=r"num_classes must be an integer >= 0 \(0: no classifier\)"):
+        wnzoo.create_model("wn_resnet20", num_classes=num_classes)
+    assert wnzoo.create_model("wn_resnet20", num_classes=0)(torch.zeros(1, 3, 32, 32)).shape == (1, 64)

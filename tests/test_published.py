@@ -82,3 +82,43 @@ def test_io_weights_path_hash_and_atomic_safetensors(tmp_path):
     with pytest.raises(_io.WeightsError, match="never unpickles"):
         (tmp_path / "model.pt").write_bytes(b"x")
         _io.load_weights_file(tmp_path / "model.pt")
+
+
+def test_equal_tensors_and_metadata_give_equal_bytes_and_readable_files(tmp_path):
+    # safetensors writes metadata in hash order, which differs from one call (and process) to the next
+    tensors = {"b": torch.ones(3), "a": torch.arange(4.0)}
+    meta = {k: str(i) for i, k in enumerate("fedcba")}
+    blobs = set()
+    for i in range(6):
+        order = dict(reversed(meta.items())) if i % 2 else meta
+        _io.save_safetensors(tmp_path / f"{i}.safetensors", tensors, order)
+        blobs.add((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(blobs) == 1
+    assert _io.read_metadata(tmp_path / "0.safetensors") == meta
+    assert torch.equal(_io.load_weights_file(tmp_path / "0.safetensors")["a"], tensors["a"])
+
+
+def test_written_files_have_the_usual_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    os.umask(old)
+    _io.write_json(tmp_path / "x.json", {})
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~_io._UMASK  # not mkstemp's owner-only 0600
+
+
+def test_a_damaged_records_file_does_not_break_import_only_pretrained(tmp_path, monkeypatch):
+    from wnzoo import create_model, hub
+
+    path = tmp_path / "published.json"
+    path.write_text("{not json")
+    monkeypatch.setattr(published, "PUBLISHED_JSON", path)
+    published.variants.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="published.json is not a valid .*no pretrained weights are available"):
+            assert hub.published_cfg("wn_resnet20.c10") == {}  # what registration (import wnzoo) calls
+        create_model("wn_resnet20")
+        with pytest.raises(ValueError, match="published.json is not a valid .*git checkout"):
+            create_model("wn_resnet20", pretrained=True)
+    finally:
+        published.variants.cache_clear()

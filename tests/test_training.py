@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from wnzoo.data import DeviceData
-from wnzoo.training import ConfigError, LRSchedule, TrainingDiverged, load_config, train
+from wnzoo.training import ConfigError, LRSchedule, RunFolder, StateError, TrainingDiverged, load_config, train
 from wnzoo.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def test_run_folder_contents(tiny_data, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"train_loss", "train_acc", "test_acc", "test_acc_ema", "lr", "img_per_s"} <= set(rows[0])
     assert json.loads((run / "summary.json").read_text())["test_acc"] == rows[-1]["test_acc"]
-    with pytest.raises(FileExistsError, match="pass --resume"):
+    with pytest.raises(StateError, match="pass --resume"):
         train(_cfg(tiny_data), run, progress=False)
 
 
@@ -225,7 +225,7 @@ def test_state_only_run_exports_what_a_full_run_writes(tiny_data, tmp_path):
     full, lean = tmp_path / "full", tmp_path / "lean"
     train(_cfg(tiny_data), full, progress=False)
     summary = train(_cfg(tiny_data, eval_every=0), lean, progress=False, export=False)
-    assert sorted(p.name for p in lean.iterdir()) == ["state.safetensors"]
+    assert RunFolder(lean).contents() == ["state.safetensors"]
     assert "test_acc" not in summary and summary["status"] == "finished"
     exported = export_run(lean, data=tiny_data)
     for f in ("model.safetensors", "config.yaml", "metrics.jsonl", "summary.json", "curves.png"):
@@ -348,9 +348,11 @@ def test_sigkill_then_resume_finishes_exactly(tiny_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_divergence_stops_with_message_and_keeps_checkpoint(tiny_data, tmp_path):
-    # lr is fine in epoch 1 and absurd (x1e6) from epoch 2 on
-    cfg = _cfg(tiny_data, epochs=2, warmup_epochs=0, schedule="step", milestones=[0.5], gamma=1e6)
+def test_divergence_stops_with_message_and_keeps_checkpoint(tiny_data, tmp_path, monkeypatch):
+    # lr is fine in epoch 1 and absurd (x1e6) from epoch 2 on (no valid recipe does that: gamma <= 1)
+    lr_at = LRSchedule.lr_at
+    monkeypatch.setattr(LRSchedule, "lr_at", lambda self, s: lr_at(self, s) * (1e6 if s >= self.steps_per_epoch else 1))
+    cfg = _cfg(tiny_data, epochs=2, warmup_epochs=0, schedule="constant")
     run = tmp_path / "div"
     with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at epoch 2, step \d+ \(lr 5e\+04\).*epoch 1\) is kept"):
         train(cfg, run, progress=False)

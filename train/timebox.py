@@ -7,19 +7,20 @@
 Each run trains into OUT/<recipe name> and writes only its state file, after every epoch; run the
 same command again to continue every run where it stopped. Then, on any machine:
 python train/train.py --export OUT/<recipe name> writes its weights, metrics, summary and curves.
-Exit codes: 0 every run finished or paused, 2 bad input (or a run failed), 3 a run diverged, 130 interrupted.
+Every run finished or paused exits 0; a run that failed exits 2, one that diverged 3.
+
 """
 import argparse
 import sys
 import time
 
-from wnzoo.data import DataError
-from wnzoo.training.config import ConfigError
+from wnzoo._cli import EXIT_CODES, run
+from wnzoo._io import check_writable
 from wnzoo.training.timebox import DEFAULT_GRACE_S, RESULTS_HEADER, exit_code, results_rows, run_queue
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__ + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="+", help="recipe YAMLs, trained in this order")
     ap.add_argument("--out", required=True, help="folder of the run folders (one per recipe) and job.log")
     ap.add_argument("--time-limit", type=float, required=True, metavar="MIN", help="wall-clock budget in minutes")
@@ -31,16 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", help="job log (default OUT/job.log)")
     ap.add_argument("--results", help="append a markdown row per run (speed, minutes) to this file")
     args = ap.parse_args(argv)
-    try:
-        runs = run_queue(args.configs, args.out, args.time_limit, parallel=args.parallel, overrides=args.set,
-                         log=args.log, grace_s=args.grace)
-    except (ConfigError, DataError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; every run keeps its last finished epoch in {args.out}. Continue with the same command.",
-              file=sys.stderr)
-        return 130
+    return run(lambda: _job(args), lambda e: f"every run keeps its last finished epoch in {args.out}; continue with "
+               f"the same command" if isinstance(e, (KeyboardInterrupt, OSError)) else None)
+
+
+def _job(args: argparse.Namespace) -> int:
+    if args.results:
+        check_writable(args.results)  # now, not after the job
+    runs = run_queue(args.configs, args.out, args.time_limit, parallel=args.parallel, overrides=args.set,
+                     log=args.log, grace_s=args.grace)
     rows = results_rows(runs)
     if args.results and rows:
         with open(args.results, "a") as f:

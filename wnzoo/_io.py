@@ -5,6 +5,7 @@ complete file, never a torn one. Weights are read from safetensors only: loading
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -14,12 +15,15 @@ from typing import Any, Callable
 import torch
 from huggingface_hub.utils.sha import sha_fileobj
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 __all__ = ["WEIGHTS_FILE", "WeightsError", "atomic_write", "write_json", "save_safetensors", "read_metadata",
-           "check_weights_file", "load_weights_file", "weights_path", "sha256_file"]
+           "check_weights_file", "load_weights_file", "weights_path", "sha256_file", "check_writable"]
 
 WEIGHTS_FILE = "model.safetensors"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class WeightsError(RuntimeError):
@@ -32,6 +36,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it: mkstemp's files are owner-only
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -46,11 +51,46 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """``path`` (a file, or with ``folder`` a folder), checked now to be writable, so a long job
+    fails at its start rather than when it saves; raises the ``OSError`` the write would have met."""
+    path = Path(path)
+    if path.is_dir() != folder and path.exists():
+        raise (NotADirectoryError if folder else IsADirectoryError)(
+            errno.ENOTDIR if folder else errno.EISDIR, "a folder is needed here" if folder else "it is a folder",
+            str(path))
+    base = path if folder else path.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file stands where a folder is needed", str(base))
+    try:
+        with tempfile.TemporaryFile(dir=base):  # a write test: os.access misleads root and network mounts
+            pass
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(base)) from None  # the folder, not the probe's name
+    return path
+
+
+def _canonical_header(blob: bytes) -> bytes:
+    """safetensors writes its metadata in hash order, which varies between processes; sorting it
+    makes equal tensors and metadata give equal bytes (and so equal sha256)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes with spaces
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
+
+
 def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                      metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` (moved to the CPU, made contiguous) and string ``metadata`` atomically."""
+    """Write ``tensors`` (moved to the CPU, made contiguous) and string ``metadata`` atomically;
+    the bytes depend on the tensors and metadata only."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda p: save_file(cpu, p, metadata=metadata))
+    blob = _canonical_header(safetensors_bytes(cpu, metadata=metadata))
+    atomic_write(path, lambda p: Path(p).write_bytes(blob))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

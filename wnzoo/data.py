@@ -16,9 +16,12 @@ so an epoch is reproducible from the seed alone, which is what makes resume exac
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ import torch
 from ._datasets import DATASETS
 
 __all__ = ["load_split", "detect_source", "DeviceData", "DataError", "DATASETS", "train_val_indices",
-           "normalize"]
+           "normalize", "fingerprint"]
 
 # torchvision's extracted folder per dataset: its name, batch files per split, metadata file, label key
 _TORCHVISION = {
@@ -54,7 +57,11 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, dataset: str, origin: 
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
         raise DataError(f"{origin}: images must be uint8 of shape (N, 32, 32, 3) (NHWC), got {images.dtype} "
                         f"{images.shape}; convert with np.asarray(imgs, dtype=np.uint8).reshape(-1, 32, 32, 3)")
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):  # a cast would truncate 2.7 to 2 without a word
+        raise DataError(f"{origin}: labels must be integers (class indices), got {labels.dtype}; "
+                        f"convert them with labels.astype(np.int64) if they are whole numbers")
+    labels = labels.astype(np.int64).reshape(-1)
     if len(labels) != len(images):
         raise DataError(f"{origin}: {len(images)} images but {len(labels)} labels")
     n = DATASETS[dataset].num_classes
@@ -74,11 +81,17 @@ def _load_npz(folder: Path, dataset: str, split: str) -> tuple[np.ndarray, np.nd
     if not path.is_file():
         raise DataError(f"{folder} has no {split}.npz; a npz data folder needs train.npz and test.npz "
                         f"with arrays 'images' (N,32,32,3) uint8 and 'labels' (N,)")
-    with np.load(path, allow_pickle=False) as f:
-        missing = {"images", "labels"} - set(f.files)
-        if missing:
-            raise DataError(f"{path} lacks array(s) {sorted(missing)}; it has {f.files}")
-        return _check_arrays(f["images"], f["labels"], dataset, str(path))
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files if k in ("images", "labels")}
+            names = f.files
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        raise DataError(f"{path} is not a readable npz file ({type(e).__name__}: {e}); it is truncated or "
+                        f"corrupted: write or copy it again") from e
+    missing = {"images", "labels"} - set(arrays)
+    if missing:
+        raise DataError(f"{path} lacks array(s) {sorted(missing)}; it has {names}")
+    return _check_arrays(arrays["images"], arrays["labels"], dataset, str(path))
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -144,8 +157,14 @@ def _decode_table(table, dataset: str, origin: str) -> tuple[np.ndarray, np.ndar
         if blob is None:
             raise DataError(f"{origin}: image {i} has no embedded bytes (only a path); re-download the dataset "
                             f"repo, whose parquet files embed the PNGs")
-        with Image.open(io.BytesIO(blob)) as im:
-            arr = np.asarray(im.convert("RGB"))
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                kind, arr = im.format, np.asarray(im.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"{origin}: image {i} is not a readable PNG ({type(e).__name__}: {e}); the file is "
+                            f"corrupted: download the dataset again") from e
+        if kind != "PNG":  # CIFAR is stored losslessly; a JPEG copy would shift every accuracy
+            raise DataError(f"{origin}: image {i} is {kind}, not PNG; use a lossless copy of {stats.hf_id}")
         if arr.shape != (32, 32, 3):
             raise DataError(f"{origin}: image {i} is {arr.shape[1]}×{arr.shape[0]}, expected 32×32; "
                             f"is this a CIFAR dataset?")
@@ -250,8 +269,19 @@ def load_split(source: str | Path | None = None, dataset: str = "cifar10",
     return _LOADERS[kind](where, dataset, split)
 
 
+def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 of a split's arrays: a resumed run checks it trains on the data it started with."""
+    h = hashlib.sha256()
+    for a in (images, labels.astype(np.int64)):
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
 def train_val_indices(n: int, val_size: int = 5000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A fixed random train/validation split (45k/5k for CIFAR), the same for every run with ``seed``."""
+    if n <= val_size:
+        raise DataError(f"a validation split holds out {val_size} images, but the training split has only {n}; "
+                        f"drop val_split (and evaluate on the test split)")
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[val_size:]), np.sort(perm[:val_size])
 

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import published
+from ._cli import BAD_INPUT, CARD_MISMATCH, OK
 from ._datasets import TAG_DATASET
 from ._io import WeightsError, sha256_file, weights_path
 from .data import DataError, DeviceData, load_split
@@ -195,7 +196,7 @@ def problems(rows: list[dict], tolerance: float = CARD_TOLERANCE) -> list[str]:
 
 def exit_code(rows: list[dict], tolerance: float = CARD_TOLERANCE) -> int:
     """1 when a published checkpoint is off its card, 2 when a row could not be evaluated, else 0."""
-    return 1 if card_mismatches(rows, tolerance) else 2 if any("error" in r for r in rows) else 0
+    return CARD_MISMATCH if card_mismatches(rows, tolerance) else BAD_INPUT if any("error" in r for r in rows) else OK
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:

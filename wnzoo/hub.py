@@ -20,6 +20,7 @@ the verified file: it swaps the classifier for another ``num_classes`` and adapt
 from __future__ import annotations
 
 import logging
+import warnings
 import os
 from pathlib import Path
 
@@ -38,8 +39,15 @@ RELEASE_DIR = Path(__file__).resolve().parent.parent / "hub"
 
 
 def published_cfg(name: str) -> dict:
-    """The pretrained-cfg fields (weight location) of a published variant; empty if unpublished."""
-    rec = published.get(name)
+    """The pretrained-cfg fields (weight location) of a published variant; empty if unpublished.
+
+    Called when models are registered: a damaged ``published.json`` must not break ``import wnzoo``,
+    so it is a warning here, and an error only when pretrained weights are asked for."""
+    try:
+        rec = published.get(name)
+    except ValueError as e:
+        warnings.warn(f"{e}; no pretrained weights are available until then", stacklevel=2)
+        return {}
     return dict(hf_hub_id=rec.repo_id, hf_hub_filename=WEIGHTS_FILE) if rec else {}
 
 

@@ -194,6 +194,8 @@ def fuse(model: nn.Module) -> nn.Module:
     folds: Iterable[tuple[str, str]] = fused.bn_folds() if hasattr(fused, "bn_folds") else ()
     for producer, bn_name in folds:
         bn, prod = fused.get_submodule(bn_name), fused.get_submodule(producer)
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):  # folded already: fuse(fuse(m)) == fuse(m)
+            continue
         if isinstance(prod, nn.Conv2d):
             _set(fused, producer, fuse_conv_bn_eval(prod, bn))
         else:

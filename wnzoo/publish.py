@@ -39,12 +39,13 @@ from typing import Any
 import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from timm.models import filter_pretrained_cfg, split_model_name_tag
 
 from . import __version__, evaluation, published
 from ._datasets import DATASETS, TAG_DATASET
-from ._io import atomic_write, load_weights_file, save_safetensors, sha256_file, write_json
+from ._io import atomic_write, check_writable, load_weights_file, save_safetensors, sha256_file, write_json
 from .data import DeviceData, load_split
 from .hub import RELEASE_DIR
 from .layers import fuse
@@ -102,7 +103,14 @@ class Run:
         if summary.get("status") != "finished":
             raise PublishError(f"run {d} has status {summary.get('status')!r}, not 'finished'; finish it first "
                                f"(python train/train.py -c ... --out {d} --resume)")
-        return cls(d, folder.read_config(), summary, folder.read_metrics())
+        history = folder.read_metrics()
+        # The card plots and tabulates this log: it must be the run's own, as its state (or summary) records it.
+        truth, origin = ((folder.read_state(tensors=False).history, RunFolder.STATE) if folder.has_state()
+                         else (history[:-1] + [summary.get("final")], RunFolder.SUMMARY))
+        if history != truth or len(history) != summary.get("epochs_done"):
+            raise PublishError(f"{d / RunFolder.METRICS} does not match the run's {origin}: it was edited, or comes "
+                               f"from another run; rebuild it with python train/train.py --export {d}")
+        return cls(d, folder.read_config(), summary, history)
 
     def logged_test_acc(self) -> float | None:
         """The final test accuracy the training loop logged (None when it evaluated on a validation split)."""
@@ -110,7 +118,12 @@ class Run:
 
 
 def parse_repo_id(repo_id: str) -> tuple[str, str, str]:
-    """``'wnzoo/wn_resnet20.c10'`` → ``('wn_resnet20.c10', 'wn_resnet20', 'c10')``, checked against the zoo."""
+    """``'wnzoo/wn_resnet20.c10'`` → ``('wn_resnet20.c10', 'wn_resnet20', 'c10')``, checked against the
+    Hub's rules and the zoo."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise PublishError(f"repo id {repo_id!r} is not valid on the Hub: {e}") from None
     org, _, name = repo_id.partition("/")
     arch, tag = split_model_name_tag(name)
     if not org or not is_zoo_model(arch) or tag not in TAG_DATASET:
@@ -166,7 +179,7 @@ def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
                            f"unexpected {unexpected[:5]}. A 'module.' or '_orig_mod.' prefix comes from a DDP or compiled "
                            f"wrapper: save the unwrapped model's state_dict()")
     out.mkdir(parents=True, exist_ok=True)
-    # One metadata key only: safetensors writes metadata in hash order, and the file must hash the same every time.
+    # The published files' metadata: any other would change their bytes, and so their pinned sha256.
     save_safetensors(out / HubFolder.WEIGHTS, model.state_dict(), {"format": "pt"})
     (out / HubFolder.RECIPE).write_text(yaml.safe_dump(run.config, sort_keys=False))
     shutil.copyfile(run.dir / RunFolder.METRICS, out / HubFolder.METRICS)
@@ -320,21 +333,32 @@ def _release_size(release_dir: Path, skip: str) -> int:
 
 def publish(run_dir: str | os.PathLike, repo_id: str, *, data: str | os.PathLike | None = None,
             recipe: str | os.PathLike | None = None, push: bool = False, dry_run: bool = False,
-            out: str | os.PathLike | None = None, endpoint: str | None = None, token: str | None = None,
-            release_dir: Path = RELEASE_DIR, published_json: Path = PUBLISHED_JSON,
+            out: str | os.PathLike | None = None, replace: bool = False, endpoint: str | None = None,
+            token: str | None = None, release_dir: Path = RELEASE_DIR, published_json: Path = PUBLISHED_JSON,
             zoo_card_path: Path = MODEL_CARD) -> tuple[PublishedVariant, Path]:
     """Publish ``run_dir`` as ``repo_id`` (see the module docstring); returns the record and the Hub folder.
 
     ``dry_run`` builds and verifies the folder in ``out`` (default: a new temporary folder) and stops
     there: nothing is pushed, pinned or recorded. ``data`` defaults to the run's own data source.
+    A variant that is already published is replaced only with ``replace``.
     """
     name = parse_repo_id(repo_id)[0]
     run = Run.read(run_dir)
+    old = published.load(published_json).get(name)
+    if old is not None and not (replace or dry_run):
+        logged = run.logged_test_acc()
+        now = f"logged {logged:.2f} %" if logged is not None else "has no test-set number yet"
+        raise PublishError(f"{name} is already published (top-1 {old.top1:.2f} % after {old.epochs} epochs); this run "
+                           f"{now} after {run.summary.get('epochs_done')} epochs. Pass --replace to replace it")
     recipe_rel, overrides = recipe_for(run, recipe)
     tmp = None if out else Path(tempfile.mkdtemp(prefix=f"wnzoo-{name}-"))
     stage = Path(out) if out else tmp / name
     if stage.exists() and any(stage.iterdir()):
         raise PublishError(f"output folder {stage} is not empty; choose a new --out")
+    check_writable(stage, folder=True)  # every output is checked before the minutes of evaluation
+    if not dry_run:
+        for path, folder in ((release_dir, True), (published_json, False), (zoo_card_path, False)):
+            check_writable(path, folder)
     try:
         rec = _build_and_verify(run, repo_id, stage, data, recipe_rel, overrides, published.load(published_json))
         if dry_run:
@@ -387,8 +411,6 @@ def _pin_and_record(rec: PublishedVariant, stage: Path, push: bool, endpoint: st
         rec = dataclasses.replace(rec, revision=local_revision(stage, commit_message(rec)))
     release = stage.with_name(f".{rec.name}.release")
     shutil.copytree(stage, release)
-    for p in release.iterdir():
-        p.chmod(0o644)  # atomic writes leave owner-only files; the release copy is for everyone
     if not keep_weights:
         _log.warning("%s is %.1f MB, over the %d MB kept in the repository: the release copy has no weights, so "
                      "a fresh clone loads them from the Hub only", HubFolder.WEIGHTS, rec.size / 1e6,

@@ -101,6 +101,6 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
     if arch not in _ZOO_ARCHS or not is_model(arch):
         raise unknown_model(name)
     if tag and f"{arch}.{tag}" not in timm.models.get_arch_pretrained_cfgs(arch):
-        tags = sorted(timm.models.get_arch_pretrained_cfgs(arch))
-        raise ValueError(f"unknown tag {tag!r} for {arch}; it has {', '.join(f'{arch}.{t}' for t in tags)}")
+        names = sorted(timm.models.get_arch_pretrained_cfgs(arch))  # full names: arch.tag
+        raise ValueError(f"unknown tag {tag!r} for {arch}; it has {', '.join(names)}")
     return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, init=init, **kwargs)

@@ -199,6 +199,8 @@ class CifarResNet(nn.Module):
         return "fc" if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}")
         if not global_pool and num_classes:
             raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
         self.num_classes = num_classes

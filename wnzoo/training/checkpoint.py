@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import yaml
+from filelock import FileLock, Timeout
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .._io import WEIGHTS_FILE, atomic_write, read_metadata, save_safetensors, write_json
+from .._io import WEIGHTS_FILE, atomic_write, check_writable, read_metadata, save_safetensors, write_json
 
 __all__ = ["RunState", "RunFolder", "StateError", "STATE_FORMAT"]
 
@@ -47,17 +49,18 @@ class RunState:
     model: dict[str, torch.Tensor]
     momentum: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name → SGD momentum buffer
     ema: dict[str, torch.Tensor] = field(default_factory=dict)
+    data_sha256: str = ""  # of the training split's arrays (wnzoo.data.fingerprint); "" in older states
 
     @classmethod
     def capture(cls, model: nn.Module, opt: torch.optim.Optimizer, ema: nn.Module | None, epoch: int,
-                config: dict[str, Any], history: list[dict[str, Any]]) -> "RunState":
+                config: dict[str, Any], history: list[dict[str, Any]], data_sha256: str = "") -> "RunState":
         momentum = {}
         for name, p in model.named_parameters():
             buf = opt.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 momentum[name] = buf
         return cls(epoch, config, list(history), model.state_dict(), momentum,
-                   ema.state_dict() if ema is not None else {})
+                   ema.state_dict() if ema is not None else {}, data_sha256)
 
     def restore(self, model: nn.Module, opt: torch.optim.Optimizer, ema: nn.Module | None) -> None:
         model.load_state_dict(self.model)
@@ -74,7 +77,7 @@ class RunState:
     def save(self, path: str | os.PathLike) -> None:
         tensors = {f"{group}.{k}": v for group in ("model", "momentum", "ema") for k, v in getattr(self, group).items()}
         meta = dict(format=STATE_FORMAT, epoch=str(self.epoch), config=json.dumps(self.config),
-                    history=json.dumps(self.history))
+                    history=json.dumps(self.history), data_sha256=self.data_sha256)
         save_safetensors(path, tensors, meta)
 
     @classmethod
@@ -95,7 +98,8 @@ class RunState:
         for key, t in weights.items():
             group, _, name = key.partition(".")
             groups[group][name] = t
-        return cls(int(meta["epoch"]), json.loads(meta["config"]), json.loads(meta["history"]), **groups)
+        return cls(int(meta["epoch"]), json.loads(meta["config"]), json.loads(meta["history"]), **groups,
+                   data_sha256=meta.get("data_sha256", ""))
 
 
 class RunFolder:
@@ -110,12 +114,41 @@ class RunFolder:
     CURVES = "curves.png"
     TENSORBOARD = "tb"          # a folder of TensorBoard event files
     LEGACY_STATE = "state.pt"   # wnzoo 0.1's pickled state, which this version refuses to resume
+    LOCK = ".lock"              # held by the process writing the folder
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
+
+    @contextmanager
+    def claim(self, exclusive: bool = True) -> Iterator["RunFolder"]:
+        """Create the folder and hold its lock while a run writes it: a second run into the same
+        folder fails at once, instead of both writing it and one being silently lost. The lock is
+        the operating system's (``flock``), so a killed process never leaves it held."""
+        check_writable(self.path, folder=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not exclusive:  # the other processes of a distributed run: rank 0 holds the lock
+            yield self
+            return
+        lock = FileLock(self / self.LOCK)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise StateError(f"{self.path} is being written by another run (it holds {self / self.LOCK}); "
+                             f"wait for it to end, or choose another --out") from None
+        try:
+            yield self
+        finally:
+            lock.release()
+
+    def contents(self) -> list[str]:
+        """The names in the folder, besides its lock and the temporary files of interrupted writes."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.name != self.LOCK and not (p.name.startswith(".") and p.name.endswith(".tmp")))
 
     @property
     def state(self) -> Path:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -27,6 +28,25 @@ _CHOICES = {
     "compile": COMPILE_MODES,
 }
 
+
+def _at_least(low: float) -> tuple[Callable[[float], bool], str]:
+    return (lambda v: v >= low), f">= {low}"
+
+
+# The valid range of every numeric key: values outside them diverge, crash mid-run or mean nothing.
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "epochs": _at_least(1), "batch_size": _at_least(1), "log_every": _at_least(1),
+    "lr": ((lambda v: v > 0), "> 0"),
+    "momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "weight_decay": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "warmup_epochs": _at_least(0), "warmup_lr": _at_least(0),
+    "gamma": ((lambda v: 0 < v <= 1), "in (0, 1] (the step schedule's lr factor)"),
+    "label_smoothing": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "grad_clip": _at_least(0),
+    "ema_decay": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "cutout": ((lambda v: 0 <= v <= 32), "in [0, 32] (pixels; CIFAR images are 32 px wide)"),
+    "subset": _at_least(0), "eval_subset": _at_least(0), "eval_every": _at_least(0),
+}
 
 # Keys that do not change what a run trains (where the data lives, which device, how the step runs,
 # how often it logs and evaluates): a resumed run may change them, and a published card's
@@ -79,18 +99,12 @@ class TrainConfig:
         for key, choices in _CHOICES.items():
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not valid; choose one of {list(choices)}")
-        positive = ("epochs", "batch_size", "lr", "log_every")
-        for key in positive:
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)!r}")
-        for key in ("momentum", "weight_decay", "warmup_epochs", "warmup_lr", "label_smoothing", "grad_clip",
-                    "ema_decay", "cutout", "subset", "eval_subset", "eval_every"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        for key, (ok, allowed) in _RANGES.items():
+            value = getattr(self, key)
+            if not (math.isfinite(value) and ok(value)):  # written so that NaN fails every check
+                raise ConfigError(f"{key} must be {allowed}, got {value!r}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}")
-        if not (0 <= self.ema_decay < 1):
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not all(0 < m < 1 for m in self.milestones) or sorted(self.milestones) != list(self.milestones):
             raise ConfigError(f"milestones must be increasing fractions of the run in (0, 1), got {self.milestones}")
         if not is_zoo_model(self.model):
@@ -143,6 +157,13 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what and where."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or e}{where}"
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``['lr=0.05', 'nesterov=true']`` → ``{'lr': 0.05, 'nesterov': True}`` (values parsed as YAML)."""
     out = {}
@@ -150,7 +171,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(e)}); quote "
+                              f"strings and close brackets, e.g. milestones=[0.5,0.75]") from None
     return out
 
 
@@ -159,8 +184,14 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; see configs/ for the recipes")
-        d = yaml.safe_load(path.read_text()) or {}
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {what}; pass a recipe YAML such as configs/wn_resnet20_c10.yaml")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(e)}); fix that line") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read {path} ({e}); pass a recipe YAML such as configs/X.yaml") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, got {type(d).__name__}")
     d.update(parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {}))

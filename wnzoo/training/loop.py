@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._io import save_safetensors
-from ..data import DataError, DeviceData, load_split, train_val_indices
+from ..data import DataError, DeviceData, fingerprint, load_split, train_val_indices
 from ..evaluation import evaluate, load_test_data
 from ..registry import create_model
 from .checkpoint import RunFolder, RunState, StateError
@@ -59,6 +59,7 @@ class _Run:
     train_data: DeviceData
     eval_data: DeviceData | None
     eval_split: str | None
+    data_sha256: str  # of the training split, recorded in the state and checked on resume
     model: nn.Module
     opt: torch.optim.Optimizer
     schedule: LRSchedule
@@ -99,10 +100,25 @@ def _setup_device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cuda", local)
 
 
-def _load_data(cfg: TrainConfig, device: torch.device) -> tuple[DeviceData, DeviceData | None, str | None]:
+class RunData(NamedTuple):
+    train: DeviceData
+    eval: DeviceData | None
+    eval_split: str | None  # "test", "val" or None
+    sha256: str             # of the training split's arrays ("" for synthetic data)
+
+
+def _first(n: int, available: int, key: str, what: str) -> int:
+    """``n`` of ``available`` items (0: all), refusing more than there are."""
+    if n > available:
+        raise ConfigError(f"{key}={n} exceeds the {available} {what}; lower it (0 uses all)")
+    return n or available
+
+
+def _load_data(cfg: TrainConfig, device: torch.device) -> RunData:
     """The training data and what is evaluated: the held-out 5k (``val_split``), the test split, or
     nothing (``eval_every=0``: the test split need not exist on a training machine)."""
     images, labels = load_split(cfg.data, cfg.dataset, "train")
+    sha = fingerprint(images, labels)
     kw = dict(seed=cfg.seed, channels_last=cfg.channels_last)
     ev = split = None
     if cfg.val_split:
@@ -111,14 +127,14 @@ def _load_data(cfg: TrainConfig, device: torch.device) -> tuple[DeviceData, Devi
         images, labels = images[tr], labels[tr]
     elif cfg.eval_every:
         ev, split = load_split(cfg.data, cfg.dataset, "test"), "test"
-    n = cfg.subset or len(labels)
+    n = _first(cfg.subset, len(labels), "subset", "training images")
     if n < cfg.batch_size:
-        raise ConfigError(f"subset={n} is smaller than batch_size={cfg.batch_size}")
+        raise ConfigError(f"the {n} training images are fewer than batch_size={cfg.batch_size}; lower batch_size")
     train_data = DeviceData.from_arrays(images[:n], labels[:n], cfg.dataset, device, cutout=cfg.cutout, **kw)
     if ev is None or not cfg.eval_every:
-        return train_data, None, None
-    m = cfg.eval_subset or len(ev[1])
-    return train_data, DeviceData.from_arrays(ev[0][:m], ev[1][:m], cfg.dataset, device, **kw), split
+        return RunData(train_data, None, None, sha)
+    m = _first(cfg.eval_subset, len(ev[1]), "eval_subset", f"{split} images")
+    return RunData(train_data, DeviceData.from_arrays(ev[0][:m], ev[1][:m], cfg.dataset, device, **kw), split, sha)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -130,7 +146,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
                                **({"fused": True} if device.type == "cuda" else {}))
 
 
-DataSource = Callable[[TrainConfig, torch.device], tuple[DeviceData, "DeviceData | None", "str | None"]]
+DataSource = Callable[[TrainConfig, torch.device], RunData]
 
 
 def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
@@ -141,7 +157,12 @@ def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
     torch.manual_seed(cfg.seed)
-    train_data, eval_data, eval_split = load_data(cfg, device)
+    data = load_data(cfg, device)
+    train_data = data.train
+    if state is not None and state.data_sha256 and state.data_sha256 != data.sha256:
+        raise StateError(f"the training data in {cfg.data} is not the data this run trained on (sha256 "
+                         f"{data.sha256[:12]}… vs {state.data_sha256[:12]}… in its state); resume it with the same "
+                         f"data, or start a new --out folder")
     if state is None:  # data-dependent schemes initialize from the first training batch, as the authors' code
         init, init_batch = cfg.init, next(train_data.batches(0, cfg.batch_size, train=True))[0].cpu().contiguous()
     else:  # a resumed model's weights come from the state
@@ -164,24 +185,30 @@ def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
     schedule = LRSchedule(cfg.lr, cfg.epochs, train_data.num_batches(cfg.batch_size, drop_last=True),
                           cfg.warmup_epochs, cfg.warmup_lr, cfg.warmup_shape, cfg.schedule, tuple(cfg.milestones),
                           cfg.gamma)
-    return _Run(cfg, folder, device, rank, world, train_data, eval_data, eval_split, model, opt, schedule, step,
-                autocast, hardware_name(device), ema, start_epoch=state.epoch if state else 0,
+    return _Run(cfg, folder, device, rank, world, train_data, data.eval, data.eval_split, data.sha256, model, opt,
+                schedule, step, autocast, hardware_name(device), ema, start_epoch=state.epoch if state else 0,
                 history=list(state.history) if state else [])
 
 
-def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool) -> RunState | None:
-    """The state to resume from (``resume``), after checking it belongs to this recipe."""
+def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool, tensors: bool = True) -> RunState | None:
+    """The state to resume from (``resume``), after checking it belongs to this recipe; with
+    ``tensors=False`` only its header is read."""
     if (folder / RunFolder.LEGACY_STATE).is_file():
         raise StateError(f"{folder.path} holds a {RunFolder.LEGACY_STATE} from wnzoo 0.1, which this version cannot resume; "
                          f"finish it with wnzoo 0.1 or start a new --out folder")
     if not resume:
         if folder.has_state():
-            raise FileExistsError(f"{folder.path} already holds a run; pass --resume to continue it or choose "
-                                  f"another --out")
+            raise StateError(f"{folder.path} already holds a run; pass --resume to continue it or choose "
+                             f"another --out")
+        found = folder.contents()
+        if found:  # a finished run without its state, a release folder, anything else: never overwritten
+            listed = ", ".join(found[:4]) + (", …" if len(found) > 4 else "")
+            raise StateError(f"{folder.path} is not empty ({listed}); training never writes over files: choose a "
+                             f"new --out")
         return None
     if not folder.has_state():
         raise FileNotFoundError(f"--resume: {folder.state} not found; nothing to resume (drop --resume to start)")
-    state = folder.read_state()
+    state = folder.read_state(tensors)
     diff = {k: (state.config.get(k), v) for k, v in cfg.to_dict().items()
             if k not in NON_RECIPE_KEYS and state.config.get(k) != v}
     if diff:
@@ -303,8 +330,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, ti
           progress: bool = True, export: bool = True, log_epochs: bool | None = None) -> dict[str, Any]:
     """Train ``cfg`` into ``out_dir``; returns the run summary.
 
-    ``progress`` shows a progress bar, ``log_epochs`` (default: ``progress``) prints a line per epoch.
-    ``time_limit_s`` stops cleanly after the last epoch that fits (status ``'paused'``), for
+    ``out_dir`` must be new or empty, or (``resume``) hold an unfinished run of this recipe on the
+    same data; it is locked for the run, so a second run into it fails at once. A finished run is
+    left as it is. ``progress`` shows a progress bar, ``log_epochs`` (default: ``progress``) prints
+    a line per epoch. ``time_limit_s`` stops cleanly after the last epoch that fits (status ``'paused'``), for
     time-boxed jobs; ``--resume`` continues. With ``export=False`` the folder gets only its state
     file (and ``summary.json`` if the run diverges), for jobs whose output must stay small;
     :func:`export_run` writes the rest later. Raises :class:`TrainingDiverged` on NaN/inf.
@@ -312,9 +341,24 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, ti
     t_start = time.time()
     if time_limit_s is not None and not time_limit_s > 0:
         raise ConfigError(f"the time limit must be a positive number of minutes, got {time_limit_s / 60!r}")
-    folder = RunFolder(out_dir)
-    run = _build(cfg, folder, _open_state(folder, cfg, resume))
-    writer = _tensorboard(folder.path) if run.main and export else None
+    log_epochs = progress if log_epochs is None else log_epochs
+    main = int(os.environ.get("RANK", "0")) == 0
+    _open_state(RunFolder(out_dir), cfg, resume, tensors=False)  # first without the lock: a refused folder gets no lock file
+    with RunFolder(out_dir).claim(exclusive=main) as folder:
+        state = _open_state(folder, cfg, resume)
+        if state is not None and state.epoch >= cfg.epochs:  # nothing to train, and nothing is rewritten
+            if log_epochs and main:
+                print(f"{folder.path} already finished its {state.epoch} epochs; nothing to train", flush=True)
+            return (folder.read_summary() if (folder / RunFolder.SUMMARY).is_file()
+                    else _summary(state.config, state.history, dict(status="finished")))
+        return _train(_build(cfg, folder, state), t_start, time_limit_s, progress, export, log_epochs)
+
+
+def _train(run: _Run, t_start: float, time_limit_s: float | None, progress: bool, export: bool,
+           log_epochs: bool) -> dict[str, Any]:
+    """The epochs of ``train``, from the run's first unfinished one."""
+    cfg, folder = run.cfg, run.folder
+    writer = None  # opened after the first saved epoch: a run stopped before it leaves its folder empty
     summary = dict(survived=True, status="running", eval_split=run.eval_split, world_size=run.world,
                    device=str(run.device))
     status, state = "finished", None
@@ -325,15 +369,16 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, ti
         run.history.append(row)
         if run.main:
             state = RunState.capture(run.model, run.opt, run.ema.module if run.ema else None, epoch + 1,
-                                     cfg.to_dict(), run.history)
+                                     cfg.to_dict(), run.history, run.data_sha256)
             state.save(folder.state)
             if export:
                 _write_exports(folder, state, None)
+                writer = writer or _tensorboard(folder.path)
             if writer is not None:
                 for k, v in row.items():
                     if isinstance(v, (int, float)) and k != "epoch":
                         writer.add_scalar(k, v, epoch + 1)
-            if progress if log_epochs is None else log_epochs:
+            if log_epochs:
                 print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       flush=True)
         if run.world > 1:
@@ -362,6 +407,11 @@ def export_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
     folder = RunFolder(run_dir)
     if not folder.has_state():
         raise FileNotFoundError(f"{folder.state} not found: {folder.path} is not a run folder")
+    with folder.claim():
+        return _export(folder, data, device)
+
+
+def _export(folder: RunFolder, data: str | os.PathLike | None, device: str) -> dict[str, Any]:
     state = folder.read_state()
     cfg = TrainConfig.from_dict(state.config)
     on_gpu = any(r.get("device", "cpu") != "cpu" for r in state.history)
@@ -399,9 +449,9 @@ def throughput(cfg: TrainConfig, seconds: float = 5.0, warmup_steps: int = 5, im
     pixels = torch.randint(0, 256, (images, 32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
     labels = torch.randint(0, 10, (images,), generator=gen).numpy()
 
-    def random_data(cfg: TrainConfig, device: torch.device) -> tuple[DeviceData, None, None]:
-        return DeviceData.from_arrays(pixels, labels, cfg.dataset, device, seed=cfg.seed, cutout=cfg.cutout,
-                                      channels_last=cfg.channels_last), None, None
+    def random_data(cfg: TrainConfig, device: torch.device) -> RunData:
+        return RunData(DeviceData.from_arrays(pixels, labels, cfg.dataset, device, seed=cfg.seed, cutout=cfg.cutout,
+                                              channels_last=cfg.channels_last), None, None, "")
 
     run = _build(cfg, None, None, random_data)
     data, device = run.train_data, run.device

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Sequence
 
+from .._cli import BAD_INPUT, DIVERGED, OK
 from .checkpoint import RunFolder
 from .config import ConfigError, TrainConfig, load_config
 
@@ -225,8 +226,8 @@ def format_job(runs: Sequence[QueuedRun], seconds: float) -> str:
 def exit_code(runs: Sequence[QueuedRun]) -> int:
     """3 if a run diverged, 2 if one failed (bad input or environment), else 0."""
     if any(r.status == "diverged" for r in runs):
-        return 3
-    return 2 if any(r.status == "failed" for r in runs) else 0
+        return DIVERGED
+    return BAD_INPUT if any(r.status == "failed" for r in runs) else OK
 
 
 def results_rows(runs: Sequence[QueuedRun]) -> list[str]:
