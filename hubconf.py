@@ -1,15 +1,24 @@
-"""torch.hub entry points: ``torch.hub.load('<owner>/wnzoo', 'wn_resnet110', pretrained=True)``."""
+"""torch.hub entry points, one per wnzoo architecture: ``torch.hub.load('<owner>/wnzoo', NAME, pretrained=True)``.
+
+``pretrained=True`` works for the names with published weights (``wnzoo.list_models(pretrained=True)``;
+each entry's docstring says whether it has them); every name builds with the paper's init.
+"""
 dependencies = ["torch", "timm", "huggingface_hub", "safetensors"]
 
-from wnzoo import create_model as _create_model, list_models as _list_models  # noqa: E402
+from timm.models import get_pretrained_cfg as _get_pretrained_cfg  # noqa: E402
+
+from wnzoo import create_model as _create_model, list_models as _list_models, published as _published  # noqa: E402
 
 
 def _entrypoint(name: str):
     def entry(pretrained: bool = False, **kwargs):
         return _create_model(name, pretrained=pretrained, **kwargs)
 
+    rec = _published.get(f"{name}.{_get_pretrained_cfg(name).tag}")  # the variant pretrained=True loads
+    weights = (f"pretrained weights: {rec.name}, {rec.top1:.2f} % top-1 on {rec.dataset} after {rec.epochs} epochs"
+               if rec else "no pretrained weights yet (pretrained=True raises an error)")
     entry.__name__ = name
-    entry.__doc__ = f"wnzoo {name} (see wnzoo.create_model for the keyword arguments)."
+    entry.__doc__ = f"wnzoo {name}; {weights}. Keyword arguments: see wnzoo.create_model."
     return entry
 
 

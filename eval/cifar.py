@@ -2,9 +2,9 @@
 """Reproduce the zoo's accuracy table: python eval/cifar.py [--model NAME ...] [--data SOURCE] [--paper]
 
 Online:   python eval/cifar.py                    (published variants, data from the HF Hub)
-Offline:  python eval/cifar.py --data ../shared/data/cifar10
-          (any local folder: a copy of uoft-cs/cifar10, torchvision's cifar-10-batches-py, train/test.npz,
-          or a folder holding cifar10/ and cifar100/ subfolders of those)
+Offline:  python eval/cifar.py --data DATA        (or WNZOO_DATA=DATA python eval/cifar.py)
+          DATA: a folder holding cifar10/ and cifar100/, or one dataset's folder: a copy of uoft-cs/cifar10,
+          torchvision's cifar-10-batches-py, or train/test.npz
 Your own: python eval/cifar.py --checkpoint runs/X/model.safetensors --model wn_resnet20
 
 A published checkpoint is off its card when its top-1 differs by more than 0.05 points (exit 1); a row
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", nargs="+", metavar="NAME", help="variants (arch.tag or arch) to evaluate; "
                     "default: every published one")
     ap.add_argument("--checkpoint", metavar="FILE", help="evaluate this local safetensors file (needs one --model ARCH)")
-    ap.add_argument("--data", metavar="SOURCE", help="HF dataset id or local folder (default: the dataset's HF id, "
-                    "e.g. uoft-cs/cifar10; offline: --data ../shared/data/cifar10)")
+    ap.add_argument("--data", metavar="SOURCE", help="HF dataset id or local folder (default: $WNZOO_DATA, else "
+                    "the dataset's HF id, e.g. uoft-cs/cifar10)")
     ap.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--compile", action="store_true", help="torch.compile the fused model")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Publish a finished run as a verified Hub repo, or regenerate MODEL_CARD.md (logic: wnzoo.publish).
 
-    python hub/publish.py RUN_DIR --repo-id wnzoo/<arch>.<tag> [--data DIR] [--push] [--dry-run]
+    python hub/publish.py RUN_DIR [--repo-id wnzoo/<arch>.<tag>] [--data DIR] [--push] [--dry-run]
     python hub/publish.py --model-card
 
 Without --push the variant is pinned to a deterministic local commit of its folder and served from the
@@ -24,17 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2] + EXIT_CODES,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", nargs="?", help="finished run folder (runs/<recipe>)")
-    ap.add_argument("--repo-id", help=f"Hub repo id, wnzoo/<arch>.<tag> (tag {' or '.join(TAG_DATASET)})")
+    ap.add_argument("--repo-id", help=f"Hub repo id, wnzoo/<arch>.<tag> (tag {' or '.join(TAG_DATASET)}; default: "
+                    f"the run's model and dataset)")
     ap.add_argument("--data", help="dataset folder for the test-set evaluation (default: the run's data)")
-    ap.add_argument("--recipe", help="recipe the card cites (default configs/<run folder name>.yaml)")
+    ap.add_argument("--recipe", help="recipe the card cites (default: the run's own, else configs/<run folder>.yaml)")
     ap.add_argument("--push", action="store_true", help="upload to the Hub (HF_ENDPOINT) and pin its commit")
     ap.add_argument("--dry-run", action="store_true", help="build and verify the folder only (see --out)")
     ap.add_argument("--out", help="where --dry-run builds the folder (default: a new temporary folder)")
     ap.add_argument("--replace", action="store_true", help="replace the variant if it is already published")
     ap.add_argument("--model-card", action="store_true", help="regenerate MODEL_CARD.md from wnzoo/published.json")
     args = ap.parse_args(argv)
-    if not args.model_card and (not args.run_dir or not args.repo_id):
-        ap.error("RUN_DIR and --repo-id are required (or --model-card)")
+    if not args.model_card and not args.run_dir:
+        ap.error("RUN_DIR is required (or --model-card)")
     return run(lambda: _publish(args))
 
 
@@ -46,7 +47,7 @@ def _publish(args: argparse.Namespace) -> int:
                           dry_run=args.dry_run, out=args.out, replace=args.replace)
     print(json.dumps(rec.to_dict(), indent=2))
     what = "built and verified (dry run)" if args.dry_run else ("pushed" if rec.pushed else "published locally")
-    print(f"{args.repo_id}: {what}, top-1 {rec.top1:.2f} %, folder {folder}")
+    print(f"{rec.repo_id}: {what}, top-1 {rec.top1:.2f} %, folder {folder}")
     return 0
 
 

@@ -163,20 +163,20 @@ def test_hub_id_without_network_says_use_data(tmp_path):
             "except DataError as e:\n    print('DataError:', e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
     assert out.startswith("DataError: could not load the 'test' split of the HF dataset 'uoft-cs/cifar10'")
-    assert "With no network (or HF_HUB_OFFLINE=1), pass --data with a local folder" in out
+    assert "With no network (or HF_HUB_OFFLINE=1), pass a local folder (--data DIR" in out
     assert "hf download uoft-cs/cifar10 --repo-type dataset --local-dir DIR" in out
 
 
 def test_hub_id_without_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # as on the GPU machine: import fails
-    with pytest.raises(DataError, match=r"needs the `datasets` package \(pip install datasets\); or pass --data"):
+    with pytest.raises(DataError, match=r"needs the `datasets` package \(pip install datasets\); or pass a local folder \(--data DIR"):
         load_split("uoft-cs/cifar10", "cifar10", "test")
 
 
 # ---- error paths: each names the problem and the fix ----------------------------------------------
 
 def test_unknown_path(tmp_path):
-    with pytest.raises(DataError, match=r"data path .*/no/such/folder does not exist; pass --data with a local folder"):
+    with pytest.raises(DataError, match=r"data path .*/no/such/folder does not exist; pass a local folder \(--data DIR"):
         load_split(tmp_path / "no" / "such" / "folder", "cifar10", "test")
 
 
@@ -188,7 +188,7 @@ def test_path_is_a_file(tmp_path):
 
 def test_unrecognised_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(DataError, match=r"holds no cifar10 data that wnzoo recognises; pass --data with a local folder"):
+    with pytest.raises(DataError, match=r"holds no cifar10 data that wnzoo recognises; pass a local folder \(--data DIR"):
         load_split(tmp_path, "cifar10", "test")
 
 
@@ -292,3 +292,25 @@ def test_real_cifar10_test_split(cifar10_dir):
     assert labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     # the data README's spot check, in the original CHW order: test[0]'s red channel starts 158,159,165
     assert images[0, 0, :3, 0].tolist() == [158, 159, 165]
+
+
+def test_without_a_source_the_folder_in_wnzoo_data_is_read(tmp_path, monkeypatch):
+    data = synth("cifar10")
+    write_npz(tmp_path / "cifar10", data)
+    monkeypatch.setenv("WNZOO_DATA", str(tmp_path))  # a folder holding cifar10/, as a user keeps it
+    assert detect_source(None, "cifar10") == ("npz", tmp_path / "cifar10")
+    assert np.array_equal(load_split(None, "cifar10", "test")[1], data["test"][1])
+    monkeypatch.delenv("WNZOO_DATA")
+    assert detect_source(None, "cifar10") == ("hub", "uoft-cs/cifar10")
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: np.savez(d / "test.npz", images=np.zeros((10, 32, 32, 3), np.uint8), labels=np.arange(10) + 0.5),
+     "labels must be integers"),
+    (lambda d: (d / "test.npz").write_bytes(b"PK\x03\x04 a truncated zip"), "is not a readable npz file"),
+])
+def test_damaged_or_float_npz_is_refused_not_truncated(tmp_path, make, message):
+    make(tmp_path)
+    (tmp_path / "train.npz").write_bytes(b"")
+    with pytest.raises(DataError, match=message):
+        load_split(tmp_path, "cifar10", "test")

@@ -124,14 +124,20 @@ def test_format_table():
     assert lines[3].split() == ["wn_resnet164.c100", "*", "0.86M", "cifar100", "74.50", "93.25", "—", "74.69",
                                 "74.40", "—", "1234"]
     assert lines[4] == "* weights from my.safetensors"
+    lines = format_table(rows[:1]).splitlines()  # no CIFAR-100 row: no top-5 column, which would say "—" only
+    assert lines[0].split() == ["model", "params", "dataset", "top-1", "card", "paper", "BN", "twin", "Δ", "card",
+                                "img/s"]
+    assert lines[2].split() == ["wn_resnet56.c10", "0.86M", "cifar10", "92.90", "92.80", "92.80", "—", "+0.10", "1234"]
 
 
-def test_format_paper_table_puts_ours_beside_its_row():
+def test_format_paper_table_puts_ours_beside_its_row_and_marks_rows_without_weights(monkeypatch):
+    records = {"wn_resnet56.c10": fake_record("wn_resnet56.c10", None, 92.5)}
+    monkeypatch.setattr(wnzoo.published, "variants", lambda: records)
     text = format_paper_table([_row(top1=92.5)])
     lines = [line for line in text.splitlines() if "ResNet-56" in line]
     assert len(lines) == 4
     assert re.search(r"WN w/ proposed init \+ warmup\s+7\.20 ± 0\.12\s+7\.50\s+wn_resnet56\.c10$", lines[2])
-    assert re.search(r"BN \(He et al\.\)\s+6\.97\s+—\s+bn_resnet56\.c10$", lines[3])
+    assert re.search(r"BN \(He et al\.\)\s+6\.97\s+—\s+bn_resnet56\.c10 \(not published\)$", lines[3])
     assert re.search(r"WN w/ datadep init\s+9\.19 ± 0\.24\s+—\s+—$", lines[0])
     assert text.count("7.50") == 1  # nowhere else
 
@@ -200,7 +206,7 @@ def test_cli_table_json_and_paper(tmp_path, tiny_data, capsys, nothing_published
     table_line = next(line for line in out.splitlines() if line.startswith("wn_resnet56.c10 *"))
     assert f"{row['top1']:.2f}" in table_line.split()
     paper_line = next(line for line in out.splitlines() if "ResNet-56" in line and "+ warmup" in line)
-    assert paper_line.split()[-2:] == [f"{100 - row['top1']:.2f}", "wn_resnet56.c10"]
+    assert paper_line.split()[-4:] == [f"{100 - row['top1']:.2f}", "wn_resnet56.c10", "(not", "published)"]
 
 
 def test_cli_exit_status_follows_the_card(tmp_path, tiny_data, capsys, monkeypatch):
@@ -244,7 +250,7 @@ def test_cli_nothing_published(capsys, nothing_published):
     (["--model", "wn_resnet20", "--checkpoint", "missing.safetensors"],
      "error: wn_resnet20: pretrained file missing.safetensors does not exist"),
     (["--model", "wn_resnet20", "--checkpoint", "{ckpt}", "--data", "{tmp}/nowhere/to/be/found"],
-     "error: wn_resnet20.c10: data path {tmp}/nowhere/to/be/found does not exist; pass --data with a local folder"),
+     "error: wn_resnet20.c10: data path {tmp}/nowhere/to/be/found does not exist; pass a local folder (--data DIR"),
     (["--model", "wn_resnet20", "--checkpoint", "{ckpt}", "--device", "cuda:7"], "error: device 'cuda:7' is not available here"),
 ])
 def test_cli_bad_input_is_a_message(args, message, tmp_path, capsys, nothing_published):
@@ -266,7 +272,7 @@ def test_missing_dataset_does_not_hide_the_other_rows(tmp_path, tiny_data, capsy
     lines = captured.out.splitlines()
     assert lines[2].split()[:4] == ["wn_resnet20.c10", "0.27M", "cifar10",
                                     f"{plain_top1('wn_resnet20', None, root / 'cifar10'):.2f}"]
-    assert lines[3].split() == ["wn_resnet20.c100", "—", "—", "error"] + ["—"] * 6
+    assert lines[3].split() == ["wn_resnet20.c100", "—", "—", "error"] + ["—"] * 5  # no top-5: no CIFAR-100 result
     assert f"error: wn_resnet20.c100: {root} holds no cifar100 data that wnzoo recognises" in captured.err
 
 
@@ -282,7 +288,7 @@ def test_cli_hub_data_offline(tmp_path):
                   env=dict(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf")))
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
-    assert "HF dataset 'uoft-cs/cifar10'" in res.stderr and "pass --data with a local folder" in res.stderr
+    assert "HF dataset 'uoft-cs/cifar10'" in res.stderr and "pass a local folder (--data DIR" in res.stderr
 
 
 def _quick_real_checkpoint(cifar10_dir: Path, path: Path) -> Path:

@@ -639,3 +639,10 @@ def test_hf_hub_and_local_dir_names_in_wnzoo_create_model(zoo, olah_server, hub_
     assert (model.pretrained_cfg["source"], model.pretrained_cfg["hf_hub_id"]) == ("hf-hub", zoo["rec"].repo_id)
     local = wnzoo.create_model(f"local-dir:{zoo['folder']}", pretrained=True)
     assert_weights(local, zoo["folder"] / "model.safetensors")
+
+
+def test_publish_takes_the_repo_id_and_recipe_from_the_run(zoo, fake_data, tmp_path):
+    run = shutil.copytree(zoo["run"], tmp_path / "any name")  # not named after its recipe
+    paths = {k: zoo[k] for k in ("release_dir", "published_json", "zoo_card_path")}
+    rec, _ = publish(run, data=fake_data, dry_run=True, out=tmp_path / "out", **paths)
+    assert rec.repo_id == f"wnzoo/{NAME}" and rec.recipe == "configs/wn_resnet20_c10_short.yaml"

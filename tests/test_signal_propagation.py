@@ -14,8 +14,8 @@ import torch
 
 import wnzoo
 from wnzoo import init as winit
-from wnzoo.diagnostics import (compare_inits, plot_signal_propagation, signal_propagation, stage_ratios,
-                               synthetic_mlp, synthetic_propagation, synthetic_resnet)
+from wnzoo.diagnostics import (compare_inits, plot_signal_propagation, signal_propagation, signal_propagation_figure,
+                               stage_ratios, synthetic_mlp, synthetic_propagation, synthetic_resnet)
 
 DRAWS = 4
 
@@ -122,6 +122,8 @@ def test_signal_propagation_leaves_model_untouched_and_plots(tmp_path):
     res = compare_inits("wn_resnet20", ["proposed", "default"], batch=2, image_size=16)
     plot_signal_propagation(res, tmp_path / "sp.png")
     assert (tmp_path / "sp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = signal_propagation_figure(res)
+    assert [[t.get_text() for t in a.texts] for a in fig.axes] == [["stage 1", "stage 2", "stage 3"]] * 2
 
 
 def test_cli_writes_png(tmp_path):

@@ -424,3 +424,31 @@ def test_optimizer_decay_follows_the_model_and_the_recipe(name, tiny_data, monke
     wd = decay_of(opt)
     assert {n for n, p in names.items() if wd[id(p)] == 0} == {n for n, p in names.items() if p.ndim <= 1} | {"fc.weight"}
     assert opt.defaults["momentum"] == 0.9 and not opt.defaults["nesterov"]
+
+
+def test_resume_without_a_recipe_reads_the_runs_own_config_and_a_paused_run_has_curves(tiny_data, tmp_path, capsys):
+    from wnzoo.training.cli import main
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    train(_cfg(tiny_data, eval_every=0), out, progress=False, time_limit_s=1e-3)
+    assert json.loads((out / "summary.json").read_text())["status"] == "paused"
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"  # a paused run is plotted too
+    assert main(["--out", str(out), "--resume", "-q"]) == 0  # no -c: the state's config
+    assert "finished (2 epochs)" in capsys.readouterr().out
+    assert main(["--resume", "-q"]) == 2 and "--resume needs the run's folder: --out DIR" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_documented_quick_run_trains(cifar10_dir, tmp_path):
+    from wnzoo.training.cli import SMOKE
+
+    out = tmp_path / "smoke"
+    r = _cli("-c", str(REPO / "configs" / "wn_resnet20_c10_short.yaml"), "--set", *SMOKE.split(), f"data={cifar10_dir}",
+             "--out", str(out), "-q", env=dict(ENV, OMP_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and np.isfinite(summary["final"]["train_loss"]) and summary["test_acc"] > 10
+    assert SMOKE in (REPO / "README.md").read_text().replace(" \\\n    ", " ")

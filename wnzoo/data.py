@@ -7,7 +7,9 @@ from whatever ``source`` is, detected by :func:`detect_source`:
 * a local copy of such a dataset repo (parquet files as on the Hub, read with pyarrow);
 * torchvision's ``cifar-10-batches-py`` / ``cifar-100-python`` folder, or the folder above it;
 * a folder with ``train.npz`` / ``test.npz`` (arrays ``images`` uint8 NHWC and ``labels``);
-* a folder holding one of those in a ``cifar10`` / ``cifar100`` subfolder (``../shared/data``).
+* a folder holding one of those in a ``cifar10`` / ``cifar100`` subfolder (``data/``).
+
+Without a source, the folder in ``$WNZOO_DATA`` is read if it is set, else the HF dataset id.
 
 ``DeviceData`` keeps those uint8 arrays on the training device and batches, augments (crop with
 4-px zero padding, horizontal flip, optional cutout) and normalizes there, so no DataLoader worker
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import re
 import zipfile
@@ -30,7 +33,9 @@ import torch
 
 from ._datasets import DATASETS
 
-__all__ = ["load_split", "detect_source", "DeviceData", "DataError", "DATASETS", "train_val_indices",
+DATA_ENV = "WNZOO_DATA"  # a data folder used when no source is given
+
+__all__ = ["DATA_ENV", "load_split", "detect_source", "DeviceData", "DataError", "DATASETS", "train_val_indices",
            "normalize", "fingerprint"]
 
 # torchvision's extracted folder per dataset: its name, batch files per split, metadata file, label key
@@ -44,7 +49,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def _local_hint(dataset: str) -> str:
     stats, tv = DATASETS[dataset], _TORCHVISION[dataset]["folder"]
-    return (f"pass --data with a local folder: a copy of the dataset repo (on a machine with network: "
+    return (f"pass a local folder (--data DIR; to train, --set data=DIR; or set {DATA_ENV}=DIR): a copy of the dataset repo (on a machine with network: "
             f"`hf download {stats.hf_id} --repo-type dataset --local-dir DIR`), torchvision's {tv} "
             f"folder, or a folder with train.npz/test.npz (arrays 'images' (N,32,32,3) uint8 and 'labels')")
 
@@ -221,7 +226,7 @@ def _torchvision_dir(folder: Path, dataset: str) -> Path | None:
 
 
 def _detect_local(folder: Path, dataset: str) -> tuple[str, Path]:
-    for d in (folder / dataset, folder):  # a subfolder named after the dataset wins (``../shared/data``)
+    for d in (folder / dataset, folder):  # a subfolder named after the dataset wins (``data/cifar10``)
         if not d.is_dir():
             continue
         if (d / "train.npz").is_file() or (d / "test.npz").is_file():
@@ -240,11 +245,12 @@ def _detect_local(folder: Path, dataset: str) -> tuple[str, Path]:
 
 def detect_source(source: str | Path | None, dataset: str = "cifar10") -> tuple[str, str | Path]:
     """``(kind, location)`` of a data source: ``'npz'``, ``'torchvision'`` or ``'parquet'`` with the
-    folder to read, or ``'hub'`` with the dataset id (``None`` means ``dataset``'s default id)."""
+    folder to read, or ``'hub'`` with the dataset id (``None`` means ``$WNZOO_DATA``, else
+    ``dataset``'s default id)."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     if source is None:
-        return "hub", DATASETS[dataset].hf_id
+        source = os.environ.get(DATA_ENV) or DATASETS[dataset].hf_id
     path = Path(source).expanduser()
     if path.is_file():
         raise DataError(f"data path {path} is a file; pass the folder that holds it")

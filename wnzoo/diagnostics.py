@@ -20,7 +20,8 @@ from .layers import WNLinear
 from .registry import create_model, norm_of
 
 __all__ = ["SignalProp", "signal_propagation", "stage_ratios", "synthetic_mlp", "synthetic_resnet",
-           "synthetic_propagation", "compare_inits", "compared_schemes", "plot_signal_propagation"]
+           "synthetic_propagation", "compare_inits", "compared_schemes", "plot_signal_propagation",
+           "signal_propagation_figure"]
 
 # The schemes Figure 1 compares for each family: the paper's init and its baselines.
 _COMPARED = {"wn": ("proposed", "default", "datadep", "hanin"), "bn": ("orthogonal", "he")}
@@ -188,7 +189,16 @@ def compared_schemes(name: str) -> list[str]:
 
 
 def plot_signal_propagation(results: dict[str, SignalProp], path: str, title: str = "") -> None:
-    """Two panels (forward, backward), log scale, one line per scheme; stage boundaries dashed."""
+    """Two panels (forward, backward), log scale, one line per scheme; stages dashed and labelled."""
+    import matplotlib.pyplot as plt
+
+    fig = signal_propagation_figure(results, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def signal_propagation_figure(results: dict[str, SignalProp], title: str = ""):
+    """The figure :func:`plot_signal_propagation` saves (a matplotlib ``Figure``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -200,13 +210,16 @@ def plot_signal_propagation(results: dict[str, SignalProp], path: str, title: st
         ax[1].plot(b, sp.backward, label=scheme)
     any_sp = next(iter(results.values()))
     bounds = [i + 0.5 for i in range(1, len(any_sp.stage)) if any_sp.stage[i] != any_sp.stage[i - 1]]
+    edges = [0.5, *bounds, len(any_sp.stage) + 0.5]
     for a, ylabel in zip(ax, ("forward  rms(h_b) / rms(h_0)", "backward  rms(dL/dh_b) / rms(dL/dh_B)")):
         for x in bounds:
             a.axvline(x, color="grey", ls="--", lw=0.8)
+        for k, (lo, hi) in enumerate(zip(edges, edges[1:])):
+            a.text((lo + hi) / 2, 0.98, f"stage {k + 1}", transform=a.get_xaxis_transform(), ha="center", va="top",
+                   fontsize=8, color="grey")
         a.set(yscale="log", xlabel="residual block b", ylabel=ylabel)
         a.grid(alpha=0.3, which="both")
-        a.legend()
+        a.legend(loc="lower left")
     fig.suptitle(title or "signal propagation at initialization")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

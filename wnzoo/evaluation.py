@@ -213,7 +213,8 @@ def _render(header: list[str], body: list[list[str]], right: set[int]) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """The reproduction table: top-5 only for CIFAR-100 rows, '—' where there is nothing to compare."""
+    """The reproduction table: top-5 only for CIFAR-100 rows (no column without one), '—' where there is
+    nothing to compare."""
     header = ["model", "params", "dataset", "top-1", "top-5", "card", "paper", "BN twin", "Δ card", "img/s"]
     body, notes = [], []
     for r in rows:
@@ -227,7 +228,9 @@ def format_table(rows: list[dict]) -> str:
                      _fmt(r["top5"] if r["dataset"] == "cifar100" else None), _fmt(r["card_top1"]),
                      _fmt(r["paper_top1"]), _fmt(r["bn_twin_top1"]), _fmt(r["delta_card"], "+.2f"),
                      _fmt(r["images_per_s"], ".0f")])
-    return "\n".join([_render(header, body, right=set(range(3, 10)))] + notes)
+    if not any(r.get("dataset") == "cifar100" for r in rows):
+        header, body = header[:4] + header[5:], [b[:4] + b[5:] for b in body]
+    return "\n".join([_render(header, body, right=set(range(3, len(header))))] + notes)
 
 
 def format_paper_table(rows: Sequence[dict] = ()) -> str:
@@ -240,7 +243,10 @@ def format_paper_table(rows: Sequence[dict] = ()) -> str:
     body = []
     for p in PAPER_TABLE1:
         ours = measured.get(p.variant)
+        zoo = p.variant or "—"
+        if p.variant and published.get(p.variant) is None:
+            zoo += " (not published)"
         body.append([p.dataset, p.architecture, p.method, p.error_text, _fmt(100.0 - ours["top1"] if ours else None),
-                     p.variant or "—"])
+                     zoo])
     return _render(header, body, right={3, 4})
 

@@ -20,7 +20,7 @@ from ._datasets import DATASETS, DatasetInfo
 from .published import HubFolder, PublishedVariant
 from .registry import norm_of, split_norm, twin_name
 
-__all__ = ["describe_arch", "variant_card", "zoo_card", "WNZOO_CITATION", "MODEL_CARD"]
+__all__ = ["describe_arch", "variant_card", "zoo_card", "zoo_status", "WNZOO_CITATION", "MODEL_CARD"]
 
 MODEL_CARD = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -59,7 +59,7 @@ def _paper(variant: str) -> _PaperResult | None:
 
 
 def describe_arch(arch: str) -> str:
-    """One sentence on the topology of a zoo architecture (docs/design.md, 'Models and names')."""
+    """One sentence on the topology of a zoo architecture (README.md, 'Models')."""
     family = split_norm(arch)[1]
     if m := re.fullmatch(r"resnet(\d+)", family):
         depth = int(m.group(1))
@@ -126,6 +126,24 @@ def variant_card(rec: PublishedVariant, *, train_cfg: dict[str, Any], summary: d
         train_seconds=sum(r.get("epoch_time_s", 0.0) for r in history),
         reproduce=reproduce, recipe_notes=recipe_notes, files=files, wnzoo_citation=WNZOO_CITATION)
     return ModelCard(text)
+
+
+def zoo_status(records: dict[str, PublishedVariant]) -> str:
+    """What exists today, in the README's first lines: the published weights, and the paper's
+    variants that have none yet. Generated from the records, so it stays true as checkpoints land."""
+    def listing(items: list[str]) -> str:
+        return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+    done = [f"`{n}` ({r.top1:.2f} % top-1 after {r.epochs} epochs)" for n, r in sorted(records.items())]
+    todo = [f"`{r.variant}`" for r in paper.PAPER_TABLE1 if r.variant and r.variant not in records]
+    short = " (short runs, not the paper's schedules)" if any(r.epochs < 100 for r in records.values()) else ""
+    text = (f"**What exists today.** Published weights{short}: {listing(done)}." if done else
+            "**What exists today.** No published weights yet.")
+    if todo:
+        text += (f" The paper's variants {listing(todo)} have recipes in `configs/` but no weights yet: "
+                 f"`pretrained=True` on them raises an error that says so. Every architecture builds and "
+                 f"trains from scratch.")
+    return text
 
 
 def zoo_card(records: dict[str, PublishedVariant]) -> str:

@@ -49,7 +49,7 @@ from ._io import atomic_write, check_writable, load_weights_file, save_safetenso
 from .data import DeviceData, load_split
 from .hub import RELEASE_DIR
 from .layers import fuse
-from .model_card import MODEL_CARD, variant_card, zoo_card
+from .model_card import MODEL_CARD, variant_card, zoo_card, zoo_status
 from .published import PUBLISHED_JSON, HubFolder, PublishedVariant
 from .registry import create_model, is_zoo_model, twin_name
 from .training import RunFolder, load_config
@@ -61,6 +61,7 @@ __all__ = ["publish", "PublishError", "Run", "build_folder", "measure", "verify_
 _log = logging.getLogger(__name__)
 
 REPO_ROOT = RELEASE_DIR.parent
+STATUS_START, STATUS_END = "<!-- status: generated from wnzoo/published.json -->", "<!-- /status -->"
 RELEASE_MAX_BYTES = 10_000_000        # per weight file kept in the repository
 RELEASE_TOTAL_MAX_BYTES = 48 << 20    # all release copies together
 LOG_TOLERANCE = 1.0                   # points of top-1 between the training log and the publish-time measurement
@@ -133,9 +134,11 @@ def parse_repo_id(repo_id: str) -> tuple[str, str, str]:
 
 
 def recipe_for(run: Run, recipe: str | os.PathLike | None = None) -> tuple[str, list[str]]:
-    """The recipe file (repo-relative) that reproduces ``run`` and the ``--set`` overrides it still needs."""
-    path = Path(recipe) if recipe else REPO_ROOT / "configs" / f"{run.dir.name}.yaml"
-    path = path if path.is_absolute() else (Path.cwd() / path)
+    """The recipe file (repo-relative) that reproduces ``run`` and the ``--set`` overrides it still needs:
+    ``recipe``, else the one the run was trained from, else ``configs/<run folder name>.yaml``."""
+    path = Path(recipe or run.config.get("recipe") or REPO_ROOT / "configs" / f"{run.dir.name}.yaml")
+    if not path.is_absolute():  # relative to where the command runs, or else to the repository
+        path = next((p for p in (Path.cwd() / path, REPO_ROOT / path) if p.is_file()), Path.cwd() / path)
     if not path.is_file():
         raise PublishError(f"no recipe {path} for run {run.dir.name}; pass --recipe configs/X.yaml (the card links "
                            f"it and states the command that reproduces the run)")
@@ -306,10 +309,25 @@ def push_folder(folder: Path, repo_id: str, message: str, endpoint: str | None =
 
 
 def write_zoo_card(published_json: Path = PUBLISHED_JSON, path: Path = MODEL_CARD) -> Path:
-    """Regenerate ``MODEL_CARD.md`` from the published records."""
-    text = zoo_card(published.load(published_json))
+    """Regenerate ``MODEL_CARD.md`` from the published records, and the status lines of the
+    ``README.md`` beside it, if there is one."""
+    records = published.load(published_json)
+    text = zoo_card(records)
     atomic_write(path, lambda p: Path(p).write_text(text))
+    if path.with_name("README.md").is_file():
+        write_readme_status(path.with_name("README.md"), zoo_status(records))
     return path
+
+
+def write_readme_status(readme: Path, status: str) -> None:
+    """Put ``status`` between the README's status markers."""
+    text = readme.read_text()
+    head, start, rest = text.partition(STATUS_START)
+    _, end, tail = rest.partition(STATUS_END)
+    if not start or not end:
+        raise PublishError(f"{readme} lacks the lines {STATUS_START} and {STATUS_END} that hold the zoo's status")
+    new = f"{head}{STATUS_START}\n{status}\n{STATUS_END}{tail}"
+    atomic_write(readme, lambda p: Path(p).write_text(new))
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -331,7 +349,7 @@ def _release_size(release_dir: Path, skip: str) -> int:
                for p in d.rglob("*") if p.is_file())
 
 
-def publish(run_dir: str | os.PathLike, repo_id: str, *, data: str | os.PathLike | None = None,
+def publish(run_dir: str | os.PathLike, repo_id: str | None = None, *, data: str | os.PathLike | None = None,
             recipe: str | os.PathLike | None = None, push: bool = False, dry_run: bool = False,
             out: str | os.PathLike | None = None, replace: bool = False, endpoint: str | None = None,
             token: str | None = None, release_dir: Path = RELEASE_DIR, published_json: Path = PUBLISHED_JSON,
@@ -339,11 +357,14 @@ def publish(run_dir: str | os.PathLike, repo_id: str, *, data: str | os.PathLike
     """Publish ``run_dir`` as ``repo_id`` (see the module docstring); returns the record and the Hub folder.
 
     ``dry_run`` builds and verifies the folder in ``out`` (default: a new temporary folder) and stops
-    there: nothing is pushed, pinned or recorded. ``data`` defaults to the run's own data source.
-    A variant that is already published is replaced only with ``replace``.
+    there: nothing is pushed, pinned or recorded. ``data`` defaults to the run's own data source, and
+    ``repo_id`` to ``wnzoo/<model>.<tag>`` of the run. A published variant is replaced only with ``replace``.
     """
-    name = parse_repo_id(repo_id)[0]
+    if repo_id is not None:
+        parse_repo_id(repo_id)  # a bad id fails before anything is read
     run = Run.read(run_dir)
+    repo_id = repo_id or f"wnzoo/{run.config['model']}.{DATASETS[run.config['dataset']].tag}"
+    name = parse_repo_id(repo_id)[0]
     old = published.load(published_json).get(name)
     if old is not None and not (replace or dry_run):
         logged = run.logged_test_acc()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,10 +11,12 @@ from typing import Any, Callable
 import yaml
 
 from .._datasets import DATASETS
+from ..data import DATA_ENV
 from ..init import SCHEMES
 from ..registry import did_you_mean, is_zoo_model, list_models, norm_of
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "COMPILE_MODES", "NON_RECIPE_KEYS"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "keys_help", "COMPILE_MODES",
+           "NON_RECIPE_KEYS"]
 
 # How the training step runs: eagerly, compiled by torch.compile, or compiled and replayed as CUDA
 # graphs (``reduce-overhead``: on a GPU, one launch per forward and per backward instead of thousands).
@@ -51,7 +54,22 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 # Keys that do not change what a run trains (where the data lives, which device, how the step runs,
 # how often it logs and evaluates): a resumed run may change them, and a published card's
 # "reproduce" command leaves them out.
-NON_RECIPE_KEYS = ("data", "device", "compile", "log_every", "eval_every", "eval_subset", "notes")
+NON_RECIPE_KEYS = ("data", "device", "compile", "log_every", "eval_every", "eval_subset", "recipe", "notes")
+
+
+def _key(default: Any, help: str) -> Any:
+    """A config key: its default, and the one line ``train.py --help`` shows for it."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def keys_help() -> str:
+    """Every config key with its default and meaning, for ``train.py --help``."""
+    rows = [(f.name, json.dumps(f.default if f.default is not dataclasses.MISSING else f.default_factory()),
+             f.metadata["help"]) for f in fields(TrainConfig)]
+    width = max(len(n) + len(d) for n, d, _ in rows) + 3
+    return "\n".join(f"  {f'{n} ({d})':<{width}} {h}" for n, d, h in rows)
 
 
 class ConfigError(ValueError):
@@ -62,38 +80,39 @@ class ConfigError(ValueError):
 class TrainConfig:
     """One training recipe. Every field can be set in YAML or with ``--set key=value``."""
 
-    model: str = "wn_resnet20"
-    init: str | None = None            # None: the family default (proposed / orthogonal)
-    dataset: str = "cifar10"
-    data: str = "../shared/data/cifar10"
-    val_split: bool = False            # train on 45k, evaluate on the held-out 5k
-    subset: int = 0                    # train on the first N images only (smoke tests); 0 = all
-    eval_subset: int = 0               # evaluate on the first N images only; 0 = all
-    epochs: int = 182
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    wd_on_gains_biases_bn: bool = True  # the authors decay every parameter
-    warmup_epochs: float = 0.0
-    warmup_lr: float = 0.0
-    warmup_shape: str = "quadratic"
-    schedule: str = "step"
-    milestones: list = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0             # max global grad norm; 0 disables
-    ema_decay: float = 0.0             # 0 disables
-    cutout: int = 0                    # side of the cutout square in px; 0 disables
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "bf16"                  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True
-    compile: str = "none"              # one of COMPILE_MODES; in YAML, true/false mean "default"/"none"
-    eval_every: int = 1                # epochs between evaluations (and the last); 0: never (no test split needed)
-    log_every: int = 50                # steps between host syncs (progress bar, NaN check)
-    notes: str = ""
+    model: str = _key("wn_resnet20", "zoo architecture (wnzoo.list_models())")
+    init: str | None = _key(None, "init scheme (wnzoo.init); null: the family's default (proposed / orthogonal)")
+    dataset: str = _key("cifar10", "cifar10 or cifar100")
+    data: str | None = _key(None, f"data folder or HF dataset id; null: ${DATA_ENV}, else the dataset's HF id")
+    val_split: bool = _key(False, "train on 45k images, evaluate on the 5k held out")
+    subset: int = _key(0, "train on the first N images only (quick runs); 0: all")
+    eval_subset: int = _key(0, "evaluate on the first N images only; 0: all")
+    epochs: int = _key(182, "training epochs")
+    batch_size: int = _key(128, "global batch size (split across torchrun processes)")
+    lr: float = _key(0.1, "peak learning rate (after warmup)")
+    momentum: float = _key(0.9, "SGD momentum")
+    nesterov: bool = _key(False, "Nesterov momentum")
+    weight_decay: float = _key(1e-4, "L2 weight decay")
+    wd_on_gains_biases_bn: bool = _key(True, "decay WN gains, biases and BN affine too (the authors do)")
+    warmup_epochs: float = _key(0.0, "epochs of warmup from warmup_lr to lr (may be fractional)")
+    warmup_lr: float = _key(0.0, "learning rate at the start of warmup")
+    warmup_shape: str = _key("quadratic", "warmup curve: quadratic (the authors') or linear")
+    schedule: str = _key("step", "decay after warmup: step, cosine or constant")
+    milestones: list = _key([0.5, 0.75], "step schedule: fractions of the epochs where lr is multiplied by gamma")
+    gamma: float = _key(0.1, "step schedule: lr factor at each milestone")
+    label_smoothing: float = _key(0.0, "label smoothing of the cross-entropy")
+    grad_clip: float = _key(0.0, "max global gradient norm; 0: no clipping")
+    ema_decay: float = _key(0.0, "decay of an EMA of the weights (evaluated too); 0: none")
+    cutout: int = _key(0, "side of the cutout square in pixels; 0: none")
+    seed: int = _key(0, "seed of the init and of every epoch's data order and augmentation")
+    device: str = _key("auto", "auto, cpu or cuda")
+    amp: str = _key("bf16", "bf16 autocast on CUDA (ignored on CPU), or none")
+    channels_last: bool = _key(True, "channels_last memory format")
+    compile: str = _key("none", "training step: none (eager), default (torch.compile) or reduce-overhead (CUDA graphs)")
+    eval_every: int = _key(1, "epochs between evaluations (and after the last); 0: never, no test split needed")
+    log_every: int = _key(50, "steps between host syncs (progress bar, NaN check)")
+    recipe: str | None = _key(None, "the recipe file the config came from (set by -c; the card cites it)")
+    notes: str = _key("", "free text kept with the run")
 
     def __post_init__(self) -> None:
         for key, choices in _CHOICES.items():
@@ -104,7 +123,8 @@ class TrainConfig:
             if not (math.isfinite(value) and ok(value)):  # written so that NaN fails every check
                 raise ConfigError(f"{key} must be {allowed}, got {value!r}")
         if self.warmup_epochs > self.epochs:
-            raise ConfigError(f"warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}")
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}; set warmup_epochs too "
+                              f"(e.g. --set epochs={self.epochs} warmup_epochs={min(self.warmup_epochs, self.epochs)})")
         if not all(0 < m < 1 for m in self.milestones) or sorted(self.milestones) != list(self.milestones):
             raise ConfigError(f"milestones must be increasing fractions of the run in (0, 1), got {self.milestones}")
         if not is_zoo_model(self.model):
@@ -194,5 +214,6 @@ def load_config(path: str | Path | None, overrides: list[str] | dict | None = No
             raise ConfigError(f"cannot read {path} ({e}); pass a recipe YAML such as configs/X.yaml") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, got {type(d).__name__}")
+        d.setdefault("recipe", str(path))
     d.update(parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {}))
     return TrainConfig.from_dict(d)
