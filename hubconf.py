@@ -14,7 +14,10 @@ def _entrypoint(name: str):
     def entry(pretrained: bool = False, **kwargs):
         return _create_model(name, pretrained=pretrained, **kwargs)
 
-    rec = _published.get(f"{name}.{_get_pretrained_cfg(name).tag}")  # the variant pretrained=True loads
+    try:
+        rec = _published.get(f"{name}.{_get_pretrained_cfg(name).tag}")  # the variant pretrained=True loads
+    except ValueError:  # a damaged published.json: pretrained=True says so, listing the entries must not fail
+        rec = None
     weights = (f"pretrained weights: {rec.name}, {rec.top1:.2f} % top-1 on {rec.dataset} after {rec.epochs} epochs"
                if rec else "no pretrained weights yet (pretrained=True raises an error)")
     entry.__name__ = name

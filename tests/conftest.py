@@ -10,6 +10,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CIFAR10 = Path(os.environ.get("WNZOO_CIFAR10", REPO.parent / "shared" / "data" / "cifar10"))
+# A user's default data folder must not change what the tests read (they pass their data explicitly).
+os.environ.pop("WNZOO_DATA", None)
 
 
 @pytest.fixture(scope="session")

@@ -646,3 +646,15 @@ def test_publish_takes_the_repo_id_and_recipe_from_the_run(zoo, fake_data, tmp_p
     paths = {k: zoo[k] for k in ("release_dir", "published_json", "zoo_card_path")}
     rec, _ = publish(run, data=fake_data, dry_run=True, out=tmp_path / "out", **paths)
     assert rec.repo_id == f"wnzoo/{NAME}" and rec.recipe == "configs/wn_resnet20_c10_short.yaml"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())  # trained on another machine: its path is not here
+    (run / "config.yaml").write_text(yaml.safe_dump(dict(cfg, recipe="/elsewhere/configs/wn_resnet20_c10_short.yaml")))
+    rec, _ = publish(run, data=fake_data, dry_run=True, out=tmp_path / "out2", **paths)
+    assert rec.recipe == "configs/wn_resnet20_c10_short.yaml"
+
+
+def test_publish_checks_the_readme_it_will_update_before_any_work(zoo, fake_data, tmp_path):
+    paths = dict(release_dir=tmp_path / "hub", published_json=tmp_path / "p.json", zoo_card_path=tmp_path / "M.md")
+    (tmp_path / "README.md").write_text("a README without the status lines\n")
+    with pytest.raises(PublishError, match="README.md lacks the lines <!-- status"):
+        publish(zoo["run"], f"wnzoo/{NAME}", data=fake_data, **paths)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]

@@ -101,10 +101,14 @@ def test_equal_tensors_and_metadata_give_equal_bytes_and_readable_files(tmp_path
 def test_written_files_have_the_usual_permissions(tmp_path):
     import os
 
-    old = os.umask(0o022)
-    os.umask(old)
-    _io.write_json(tmp_path / "x.json", {})
-    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~_io._UMASK  # not mkstemp's owner-only 0600
+    old = os.umask(0o027)
+    try:
+        _io.write_json(tmp_path / "x.json", {})
+        _io.save_safetensors(tmp_path / "x.safetensors", {"w": torch.ones(1)})
+    finally:
+        os.umask(old)
+    for name in ("x.json", "x.safetensors"):  # as open() would create them, not mkstemp's owner-only 0600
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640
 
 
 def test_a_damaged_records_file_does_not_break_import_only_pretrained(tmp_path, monkeypatch):
@@ -120,5 +124,11 @@ def test_a_damaged_records_file_does_not_break_import_only_pretrained(tmp_path, 
         create_model("wn_resnet20")
         with pytest.raises(ValueError, match="published.json is not a valid .*git checkout"):
             create_model("wn_resnet20", pretrained=True)
+        import importlib.util
+        from pathlib import Path
+        spec = importlib.util.spec_from_file_location("hubconf_", Path(__file__).parent.parent / "hubconf.py")
+        hubconf = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(hubconf)  # torch.hub.list and .help still work
+        assert "no pretrained weights yet" in hubconf.wn_resnet20.__doc__
     finally:
         published.variants.cache_clear()

@@ -362,6 +362,8 @@ def test_divergence_stops_with_message_and_keeps_checkpoint(tiny_data, tmp_path,
     assert all(torch.isfinite(t).all() for t in _weights(run).values())
     r = _cli("--set", f"data={tiny_data}", "lr=1e5", "epochs=1", "batch_size=64", "--out", str(tmp_path / "d2"))
     assert r.returncode == 3 and "training diverged" in r.stderr and "no checkpoint" in r.stderr
+    # a run that diverged before its first checkpoint may start again in the same folder
+    train(_cfg(tiny_data, epochs=1, warmup_epochs=0), tmp_path / "d2", progress=False)
 
 
 def test_cli_bad_input_is_a_message_not_a_traceback(tmp_path):
@@ -437,6 +439,14 @@ def test_resume_without_a_recipe_reads_the_runs_own_config_and_a_paused_run_has_
     assert main(["--out", str(out), "--resume", "-q"]) == 0  # no -c: the state's config
     assert "finished (2 epochs)" in capsys.readouterr().out
     assert main(["--resume", "-q"]) == 2 and "--resume needs the run's folder: --out DIR" in capsys.readouterr().err
+    again = tmp_path / "again"  # paused with its files, then finished state-only: the old summary is not its
+    train(_cfg(tiny_data, eval_every=0), again, progress=False, time_limit_s=1e-3)
+    train(_cfg(tiny_data, eval_every=0), again, resume=True, progress=False, export=False)
+    assert train(_cfg(tiny_data, eval_every=0), again, resume=True, progress=False)["status"] == "finished"
+    from wnzoo.publish import PublishError, Run
+    with pytest.raises(PublishError, match=f"its state is finished: rebuild its files \\(python train/train.py "
+                                           f"--export {again}\\)"):
+        Run.read(again)
     assert main(["--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
 

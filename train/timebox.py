@@ -32,13 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", help="job log (default OUT/job.log)")
     ap.add_argument("--results", help="append a markdown row per run (speed, minutes) to this file")
     args = ap.parse_args(argv)
-    return run(lambda: _job(args), lambda e: f"every run keeps its last finished epoch in {args.out}; continue with "
-               f"the same command" if isinstance(e, (KeyboardInterrupt, OSError)) else None)
+    started = []
+
+    def hint(e: BaseException) -> str | None:
+        if started and isinstance(e, (KeyboardInterrupt, OSError)):
+            return f"every run keeps its last finished epoch in {args.out}; continue with the same command"
+        return None
+
+    return run(lambda: _job(args, started), hint)
 
 
-def _job(args: argparse.Namespace) -> int:
+def _job(args: argparse.Namespace, started: list) -> int:
     if args.results:
         check_writable(args.results)  # now, not after the job
+    started.append(True)
     runs = run_queue(args.configs, args.out, args.time_limit, parallel=args.parallel, overrides=args.set,
                      log=args.log, grace_s=args.grace)
     rows = results_rows(runs)

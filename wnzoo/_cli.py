@@ -6,11 +6,23 @@ import errno
 import sys
 from typing import Callable
 
-__all__ = ["OK", "CARD_MISMATCH", "BAD_INPUT", "DIVERGED", "INTERRUPTED", "EXIT_CODES", "describe", "run"]
+__all__ = ["OK", "CARD_MISMATCH", "BAD_INPUT", "DIVERGED", "INTERRUPTED", "EXIT_CODES", "UserError",
+           "TrainingDiverged", "describe", "run"]
 
 OK, CARD_MISMATCH, BAD_INPUT, DIVERGED, INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = ("Exit codes: 0 ok, 1 a published checkpoint does not reproduce its card,\n"
               "2 bad input or environment (the message says which), 3 training diverged, 130 interrupted.")
+
+
+
+class UserError(RuntimeError):
+    """Bad input or environment that is not a ``ValueError`` or ``OSError``: weights that cannot be
+    verified, a run that cannot be published. Exit code 2."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint in the run folder is kept. Exit code 3."""
+
 
 _FIXES = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EROFS: "choose a writable place",
           errno.EACCES: "choose a writable place", errno.EPERM: "choose a writable place"}
@@ -31,11 +43,8 @@ def run(main: Callable[[], int], after: Callable[[BaseException], str | None] = 
     ``after(exception)`` may add a line: what was kept, and the command that continues. Anything
     else raised is a bug in wnzoo, and keeps its traceback.
     """
-    from torch import OutOfMemoryError
-
-    from ._io import WeightsError
-    from .publish import PublishError
-    from .training import TrainingDiverged
+    import yaml
+    from torch.cuda import OutOfMemoryError
 
     try:
         return main()
@@ -43,7 +52,7 @@ def run(main: Callable[[], int], after: Callable[[BaseException], str | None] = 
         code, text, caught = INTERRUPTED, "\ninterrupted", e
     except TrainingDiverged as e:
         code, text, caught = DIVERGED, f"error: {e}", e
-    except (ValueError, OSError, WeightsError, PublishError, OutOfMemoryError) as e:
+    except (ValueError, OSError, UserError, yaml.YAMLError, OutOfMemoryError) as e:
         code, text, caught = BAD_INPUT, f"error: {describe(e)}", e
     extra = after(caught)
     print(text + (f"\n{extra}" if extra else ""), file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -15,18 +16,17 @@ from typing import Any, Callable
 import torch
 from huggingface_hub.utils.sha import sha_fileobj
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import load_file, safe_open, save_file
+
+from ._cli import UserError
 
 __all__ = ["WEIGHTS_FILE", "WeightsError", "atomic_write", "write_json", "save_safetensors", "read_metadata",
            "check_weights_file", "load_weights_file", "weights_path", "sha256_file", "check_writable"]
 
 WEIGHTS_FILE = "model.safetensors"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError):
     """Weights that cannot be found, verified or loaded; the message says how to fix it."""
 
 
@@ -34,11 +34,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync, then rename onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it: mkstemp's files are owner-only
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = os.stat(tmp).st_mode & 0o777  # the umask's permissions, as open() gives them
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with an owner-only one
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -72,16 +73,20 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
     return path
 
 
-def _canonical_header(blob: bytes) -> bytes:
-    """safetensors writes its metadata in hash order, which varies between processes; sorting it
-    makes equal tensors and metadata give equal bytes (and so equal sha256)."""
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + n])
-    if "__metadata__" in header:
+def _sort_metadata(path: str) -> None:
+    """safetensors writes its metadata in hash order, which varies between processes; sorting it in
+    place (same keys, so same length) makes equal tensors and metadata give equal bytes and sha256."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        if "__metadata__" not in header:
+            return
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes with spaces
-    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # serde_json and json.dumps escape alike: never expected
+            raise RuntimeError(f"re-serializing the safetensors header of {path} changed its length")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))  # safetensors pads its header with spaces
 
 
 def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
@@ -89,8 +94,12 @@ def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     """Write ``tensors`` (moved to the CPU, made contiguous) and string ``metadata`` atomically;
     the bytes depend on the tensors and metadata only."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    blob = _canonical_header(safetensors_bytes(cpu, metadata=metadata))
-    atomic_write(path, lambda p: Path(p).write_bytes(blob))
+
+    def write(tmp: str) -> None:
+        save_file(cpu, tmp, metadata=metadata)
+        _sort_metadata(tmp)
+
+    atomic_write(path, write)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

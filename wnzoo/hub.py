@@ -20,8 +20,8 @@ the verified file: it swaps the classifier for another ``num_classes`` and adapt
 from __future__ import annotations
 
 import logging
-import warnings
 import os
+import warnings
 from pathlib import Path
 
 from huggingface_hub import constants, hf_hub_download

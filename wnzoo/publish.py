@@ -44,6 +44,7 @@ from huggingface_hub.utils import validate_repo_id
 from timm.models import filter_pretrained_cfg, split_model_name_tag
 
 from . import __version__, evaluation, published
+from ._cli import UserError
 from ._datasets import DATASETS, TAG_DATASET
 from ._io import atomic_write, check_writable, load_weights_file, save_safetensors, sha256_file, write_json
 from .data import DeviceData, load_split
@@ -72,7 +73,7 @@ _GIT_ENV = dict(GIT_AUTHOR_NAME="wnzoo", GIT_AUTHOR_EMAIL="wnzoo@users.noreply.h
                 GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT="0")
 
 
-class PublishError(RuntimeError):
+class PublishError(UserError):
     """A run that cannot be published as asked, or a Hub folder that fails verification; the message says why."""
 
 
@@ -102,8 +103,10 @@ class Run:
         folder = RunFolder(d)
         summary = folder.read_summary()
         if summary.get("status") != "finished":
-            raise PublishError(f"run {d} has status {summary.get('status')!r}, not 'finished'; finish it first "
-                               f"(python train/train.py -c ... --out {d} --resume)")
+            done = folder.has_state() and folder.epochs_done() >= folder.read_config().get("epochs", float("inf"))
+            fix = f"python train/train.py --export {d}" if done else f"python train/train.py --out {d} --resume"
+            raise PublishError(f"run {d} has status {summary.get('status')!r}, not 'finished'; "
+                               f"{'its state is finished: rebuild its files' if done else 'finish it first'} ({fix})")
         history = folder.read_metrics()
         # The card plots and tabulates this log: it must be the run's own, as its state (or summary) records it.
         truth, origin = ((folder.read_state(tensors=False).history, RunFolder.STATE) if folder.has_state()
@@ -136,9 +139,13 @@ def parse_repo_id(repo_id: str) -> tuple[str, str, str]:
 def recipe_for(run: Run, recipe: str | os.PathLike | None = None) -> tuple[str, list[str]]:
     """The recipe file (repo-relative) that reproduces ``run`` and the ``--set`` overrides it still needs:
     ``recipe``, else the one the run was trained from, else ``configs/<run folder name>.yaml``."""
-    path = Path(recipe or run.config.get("recipe") or REPO_ROOT / "configs" / f"{run.dir.name}.yaml")
-    if not path.is_absolute():  # relative to where the command runs, or else to the repository
-        path = next((p for p in (Path.cwd() / path, REPO_ROOT / path) if p.is_file()), Path.cwd() / path)
+    if recipe:
+        candidates = [Path(recipe)]
+    else:  # where the run was trained (maybe another machine), then this repository's copy, then the folder's name
+        trained = Path(run.config.get("recipe") or f"{run.dir.name}.yaml")
+        candidates = [trained, REPO_ROOT / "configs" / trained.name, REPO_ROOT / "configs" / f"{run.dir.name}.yaml"]
+    candidates = [p if p.is_absolute() else Path.cwd() / p for p in candidates]
+    path = next((p for p in candidates if p.is_file()), candidates[0])
     if not path.is_file():
         raise PublishError(f"no recipe {path} for run {run.dir.name}; pass --recipe configs/X.yaml (the card links "
                            f"it and states the command that reproduces the run)")
@@ -319,13 +326,15 @@ def write_zoo_card(published_json: Path = PUBLISHED_JSON, path: Path = MODEL_CAR
     return path
 
 
-def write_readme_status(readme: Path, status: str) -> None:
-    """Put ``status`` between the README's status markers."""
+def write_readme_status(readme: Path, status: str | None) -> None:
+    """Put ``status`` between the README's status markers (``None``: only check they are there)."""
     text = readme.read_text()
     head, start, rest = text.partition(STATUS_START)
     _, end, tail = rest.partition(STATUS_END)
     if not start or not end:
         raise PublishError(f"{readme} lacks the lines {STATUS_START} and {STATUS_END} that hold the zoo's status")
+    if status is None:
+        return
     new = f"{head}{STATUS_START}\n{status}\n{STATUS_END}{tail}"
     atomic_write(readme, lambda p: Path(p).write_text(new))
 
@@ -380,6 +389,10 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, *, data: str
     if not dry_run:
         for path, folder in ((release_dir, True), (published_json, False), (zoo_card_path, False)):
             check_writable(path, folder)
+        readme = zoo_card_path.with_name("README.md")
+        if readme.is_file():
+            check_writable(readme)
+            write_readme_status(readme, None)  # only checks its status markers
     try:
         rec = _build_and_verify(run, repo_id, stage, data, recipe_rel, overrides, published.load(published_json))
         if dry_run:

@@ -93,7 +93,7 @@ def load(path: str | Path = PUBLISHED_JSON) -> dict[str, PublishedVariant]:
 def variants() -> dict[str, PublishedVariant]:
     """The records of :data:`PUBLISHED_JSON`, read once; ``variants.cache_clear()`` after it changes.
 
-    Looked up when weights are loaded, not when models are registered, so a record written later
+    Looked up again when weights are loaded, so a record written after the models were registered
     (a new release, a test) is honoured at once.
     """
     return load(PUBLISHED_JSON)

@@ -143,6 +143,16 @@ class RunFolder:
         finally:
             lock.release()
 
+    def diverged_before_saving(self) -> bool:
+        """A run that diverged in its first epoch leaves only its summary: the same command may
+        start it again (with another lr or warmup)."""
+        if self.contents() != [self.SUMMARY] or self.has_state():
+            return False
+        try:
+            return self.read_summary().get("status") == "diverged"
+        except ValueError:  # a damaged summary is the user's to look at
+            return False
+
     def contents(self) -> list[str]:
         """The names in the folder, besides its lock and the temporary files of interrupted writes."""
         if not self.path.is_dir():

@@ -35,9 +35,22 @@ Config keys (YAML, or --set key=value; default in parentheses):
 
 
 def _minutes(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not 0 < value < float("inf"):  # NaN fails too
         raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
+    return value
+
+
+def _unix_time(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a time in seconds since 1970, got {text!r}")
     return value
 
 
@@ -52,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     ap.add_argument("--time-limit", type=_minutes, default=None, metavar="MIN",
                     help="stop cleanly after the last epoch that fits in MIN minutes, at least one (resume later)")
-    ap.add_argument("--until", type=float, default=None, metavar="UNIX_TIME",
+    ap.add_argument("--until", type=_unix_time, default=None, metavar="UNIX_TIME",
                     help="like --time-limit, up to a wall-clock time in seconds since 1970 (for job schedulers; "
                     "a run always trains at least one epoch, so a deadline already past trains one)")
     ap.add_argument("--state-only", action="store_true",

@@ -25,6 +25,7 @@ from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._cli import TrainingDiverged
 from .._io import save_safetensors
 from ..data import DataError, DeviceData, fingerprint, load_split, train_val_indices
 from ..evaluation import evaluate, load_test_data
@@ -36,10 +37,6 @@ from .schedule import LRSchedule
 from .step import TrainStep
 
 __all__ = ["train", "export_run", "throughput", "make_optimizer", "TrainingDiverged", "hardware_name"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint in the run folder is kept."""
 
 
 def hardware_name(device: torch.device) -> str:
@@ -200,7 +197,7 @@ def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool, tensors: bool
         if folder.has_state():
             raise StateError(f"{folder.path} already holds a run; pass --resume to continue it or choose "
                              f"another --out")
-        found = folder.contents()
+        found = [] if folder.diverged_before_saving() else folder.contents()
         if found:  # a finished run without its state, a release folder, anything else: never overwritten
             listed = ", ".join(found[:4]) + (", …" if len(found) > 4 else "")
             raise StateError(f"{folder.path} is not empty ({listed}); training never writes over files: choose a "
@@ -342,15 +339,17 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, ti
     if time_limit_s is not None and not time_limit_s > 0:
         raise ConfigError(f"the time limit must be a positive number of minutes, got {time_limit_s / 60!r}")
     log_epochs = progress if log_epochs is None else log_epochs
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ.get("RANK", "0")) == 0
     _open_state(RunFolder(out_dir), cfg, resume, tensors=False)  # first without the lock: a refused folder gets no lock file
     with RunFolder(out_dir).claim(exclusive=main) as folder:
         state = _open_state(folder, cfg, resume)
         if state is not None and state.epoch >= cfg.epochs:  # nothing to train, and nothing is rewritten
             if log_epochs and main:
                 print(f"{folder.path} already finished its {state.epoch} epochs; nothing to train", flush=True)
-            return (folder.read_summary() if (folder / RunFolder.SUMMARY).is_file()
-                    else _summary(state.config, state.history, dict(status="finished")))
+            written = folder.read_summary() if (folder / RunFolder.SUMMARY).is_file() else {}
+            if written.get("status") == "finished":  # an older summary (paused, say) is not the run's
+                return written
+            return _summary(state.config, state.history, dict(status="finished"))
         return _train(_build(cfg, folder, state), t_start, time_limit_s, progress, export, log_epochs)
 
 
