@@ -14,7 +14,6 @@ EXIT_CODES = ("Exit codes: 0 ok, 1 a published checkpoint does not reproduce its
               "2 bad input or environment (the message says which), 3 training diverged, 130 interrupted.")
 
 
-
 class UserError(RuntimeError):
     """Bad input or environment that is not a ``ValueError`` or ``OSError``: weights that cannot be
     verified, a run that cannot be published. Exit code 2."""
@@ -24,8 +23,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint in the run folder is kept. Exit code 3."""
 
 
-_FIXES = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EROFS: "choose a writable place",
-          errno.EACCES: "choose a writable place", errno.EPERM: "choose a writable place"}
+_FIXES = {errno.ENOSPC: "free some space", getattr(errno, "EDQUOT", errno.ENOSPC): "free some space",
+          errno.EROFS: "choose a writable place", errno.EACCES: "choose a writable place",
+          errno.EPERM: "choose a writable place"}
 
 
 def describe(e: BaseException) -> str:
