@@ -34,24 +34,17 @@ Config keys (YAML, or --set key=value; default in parentheses):
 {keys_help()}"""
 
 
-def _minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
-    return value
-
-
-def _unix_time(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a time in seconds since 1970, got {text!r}")
-    return value
+def _positive(what: str):
+    """An argparse type: a finite number > 0 (NaN, text and infinity fail), else a message naming ``what``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,9 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", help="run folder (default runs/<config name>); it must be new or empty, or hold "
                     "this recipe's run with --resume")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    ap.add_argument("--time-limit", type=_minutes, default=None, metavar="MIN",
+    ap.add_argument("--time-limit", type=_positive("a positive number of minutes"), default=None, metavar="MIN",
                     help="stop cleanly after the last epoch that fits in MIN minutes, at least one (resume later)")
-    ap.add_argument("--until", type=_unix_time, default=None, metavar="UNIX_TIME",
+    ap.add_argument("--until", type=_positive("a time in seconds since 1970"), default=None, metavar="UNIX_TIME",
                     help="like --time-limit, up to a wall-clock time in seconds since 1970 (for job schedulers; "
                     "a run always trains at least one epoch, so a deadline already past trains one)")
     ap.add_argument("--state-only", action="store_true",
