@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,19 @@ def cifar10_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return CIFAR10
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A CIFAR-shaped npz folder: 640 train / 200 test images with a learnable class signal."""
+    d = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 640), ("test", 200)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+        images[:, :4, :4, :] = (labels * 25)[:, None, None, None].astype(np.uint8)  # the class is in a corner
+        np.savez(d / f"{split}.npz", images=images, labels=labels)
+    return d
 
 
 @pytest.fixture

@@ -440,6 +440,8 @@ def test_publish_refuses_what_it_cannot_stand_behind(zoo, fake_data, tmp_path):
             attempt(zoo["run"])
     with pytest.raises(PublishError, match="no recipe"):
         attempt(zoo["run"], recipe="configs/nope.yaml")
+    with pytest.raises(PublishError, match="not the registered architecture"):
+        attempt(make_run(tmp_path / "modified", fake_data, model_args={"drop_rate": 0.1}))
     assert not any(p.exists() for p in paths.values())
 
 

@@ -67,11 +67,13 @@ def test_proposed_he_gaussian_directions_same_gains():
     assert not _is_orthogonal(b.stages[2][1].conv1.v.detach())
 
 
-def test_default_keeps_pytorch_weights():
-    model = wnzoo.create_model("wn_resnet20", init="default")
+@pytest.mark.parametrize("scheme", ["default", "default_orthogonal"])
+def test_default_keeps_pytorch_weights(scheme):
+    model = wnzoo.create_model("wn_resnet20", init=scheme)
     for layer in (m for m in model.modules() if is_wn(m)):
-        assert torch.allclose(layer.g, layer.v.flatten(1).norm(dim=1))  # effective weight == v (He init)
+        assert torch.allclose(layer.g, layer.v.flatten(1).norm(dim=1))  # effective weight == v
         assert torch.allclose(layer.weight, layer.v, atol=1e-6)
+    assert _is_orthogonal(model.stages[2][1].conv1.v.detach()) == (scheme == "default_orthogonal")
 
 
 def test_hanin_decays_branch_gains_geometrically():

@@ -23,19 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """A CIFAR-shaped npz folder: 640 train / 200 test images with a learnable class signal."""
-    d = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 640), ("test", 200)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
-        images[:, :4, :4, :] = (labels * 25)[:, None, None, None].astype(np.uint8)  # the class is in a corner
-        np.savez(d / f"{split}.npz", images=images, labels=labels)
-    return d
-
-
 def _cfg(data: Path, **kw) -> TrainConfig:
     base = dict(model="wn_resnet20", data=str(data), epochs=2, batch_size=64, lr=0.05, warmup_epochs=1,
                 schedule="cosine", log_every=5, channels_last=False)
@@ -199,6 +186,10 @@ def test_resume_is_bit_exact(tiny_data, tmp_path):
     train(cfg, tmp_path / "straight", progress=False)
     paused = train(cfg, tmp_path / "split", progress=False, time_limit_s=1e-9)
     assert paused["status"] == "paused" and paused["epochs_done"] == 1
+    folder = RunFolder(tmp_path / "split")  # a run started before model_args existed resumes with its default
+    state = folder.read_state()
+    del state.config["model_args"]
+    state.save(folder.state)
     train(cfg, tmp_path / "split", resume=True, progress=False)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -25,7 +25,8 @@ from torch import nn
 
 from .layers import is_wn
 
-__all__ = ["proposed", "proposed_he", "default", "hanin", "datadep", "orthogonal", "he", "apply_init",
+__all__ = ["proposed", "proposed_he", "default", "default_orthogonal", "hanin", "datadep", "orthogonal", "he",
+           "apply_init",
            "WN_SCHEMES", "BN_SCHEMES", "SCHEMES", "DEFAULT_INIT", "DATA_DEPENDENT", "gamma_for"]
 
 
@@ -99,6 +100,11 @@ def default(model: nn.Module, v: str = "he") -> nn.Module:
     return model
 
 
+def default_orthogonal(model: nn.Module) -> nn.Module:
+    """PyTorch's WN default with orthogonal ``v`` (``g = ||v||``): the baseline of the paper's Figure 3."""
+    return default(model, "orthogonal")
+
+
 @torch.no_grad()
 def datadep(model: nn.Module, batch: torch.Tensor | None, v: str = "orthogonal") -> nn.Module:
     """Salimans & Kingma (2016) data-dependent init from one (normalized) input batch.
@@ -168,6 +174,7 @@ def he(model: nn.Module) -> nn.Module:
 
 
 WN_SCHEMES: dict[str, Callable] = {"proposed": proposed, "proposed_he": proposed_he, "default": default,
+                                   "default_orthogonal": default_orthogonal,
                                    "hanin": hanin, "datadep": datadep}
 BN_SCHEMES: dict[str, Callable] = {"orthogonal": orthogonal, "he": he}
 SCHEMES = {"wn": WN_SCHEMES, "bn": BN_SCHEMES}         # by model family (``wnzoo.registry.norm_of``)

@@ -2,7 +2,8 @@
 
 Arpit, Campos & Bengio, *How to Initialize your Network? Robust Initialization for WeightNorm &
 ResNets* (NeurIPS 2019). The cards, the models' pretrained cfgs and ``eval/cifar.py --paper`` read
-these facts from here.
+these facts from here, and ``eval/hessian.py``, ``eval/depth_sweep.py`` and ``eval/lr_robustness.py``
+its Table 2 and Figure 3.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from ._datasets import DATASETS
 
 __all__ = ["TITLE", "AUTHORS", "VENUE", "SHORT", "ARXIV_ID", "URL", "CITATION", "PaperRow", "PAPER_TABLE1",
-           "paper_row", "coverage"]
+           "paper_row", "coverage", "ROBUSTNESS_SCHEMES", "PAPER_HESSIAN", "PAPER_DEPTH", "PAPER_DIVERGENCE"]
 
 AUTHORS = "Arpit, Campos & Bengio"
 VENUE = "NeurIPS 2019"
@@ -99,3 +100,37 @@ def coverage() -> str:
 
 def _listing(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+# The init schemes of Table 2 and Figure 3, in the paper's column order, with the paper's names. Figure 3
+# uses orthogonal v for all four (docs/paper.md §1.3); Table 2 does not say, so it is compared the same way.
+ROBUSTNESS_SCHEMES = {"default_orthogonal": "PyTorch default (orth.)", "datadep": "data-dependent",
+                      "hanin": "stage-wise Hanin", "proposed": "proposed"}
+
+# Table 2: log spectral norm of the loss Hessian at init, (mean, std) per scheme; None: not reported.
+PAPER_HESSIAN = {
+    "wn_wrn40_10": dict(dataset="cifar10", label="WRN-40-10, CIFAR-10", default_orthogonal=(4.68, 0.60),
+                        datadep=(3.01, 0.02), hanin=(7.14, 0.72), proposed=(1.31, 0.12)),
+    "wn_resnet164": dict(dataset="cifar100", label="ResNet-164, CIFAR-100", default_orthogonal=(9.56, 0.54),
+                         datadep=(2.68, 0.09), hanin=None, proposed=(1.56, 0.18)),
+}
+
+# Figure 3, left: test accuracy of WN WRNs after one epoch, by number of layers (read off the poster, ±0.02).
+PAPER_DEPTH = {10: dict(datadep=0.43, default_orthogonal=0.38, proposed=0.38, hanin=0.37),
+               100: dict(datadep=0.44, default_orthogonal=0.04, proposed=0.38, hanin=0.36),
+               1000: dict(datadep=0.33, default_orthogonal=0.00, proposed=0.38, hanin=0.35),
+               10000: dict(datadep=0.16, default_orthogonal=0.00, proposed=0.34, hanin=0.31)}
+
+# Figure 3, right: % of WN WRN-40-10 runs (20 seeds) that reach epoch 3, by (lr, warmup) (read off the poster, ±5 %).
+PAPER_DIVERGENCE = {
+    (0.001, False): dict(datadep=100, proposed=100, hanin=100, default_orthogonal=0),
+    (0.005, False): dict(datadep=0, proposed=100, hanin=95, default_orthogonal=0),
+    (0.01, False): dict(datadep=0, proposed=100, hanin=0, default_orthogonal=0),
+    (0.05, False): dict(datadep=0, proposed=80, hanin=0, default_orthogonal=0),
+    (0.1, False): dict(datadep=0, proposed=0, hanin=0, default_orthogonal=0),
+    (0.001, True): dict(datadep=100, proposed=100, hanin=100, default_orthogonal=100),
+    (0.005, True): dict(datadep=100, proposed=100, hanin=100, default_orthogonal=100),
+    (0.01, True): dict(datadep=95, proposed=100, hanin=95, default_orthogonal=100),
+    (0.05, True): dict(datadep=15, proposed=100, hanin=85, default_orthogonal=80),
+    (0.1, True): dict(datadep=5, proposed=90, hanin=60, default_orthogonal=20),
+}

@@ -114,7 +114,11 @@ class Run:
         if history != truth or len(history) != summary.get("epochs_done"):
             raise PublishError(f"{d / RunFolder.METRICS} does not match the run's {origin}: it was edited, or comes "
                                f"from another run; rebuild it with python train/train.py --export {d}")
-        return cls(d, folder.read_config(), summary, history)
+        config = folder.read_config()
+        if config.get("model_args"):  # the weights would not load into the architecture the name promises
+            raise PublishError(f"run {d} trained {config['model']} with model_args={config['model_args']}, not the "
+                               f"registered architecture; only runs of registered architectures are published")
+        return cls(d, config, summary, history)
 
     def logged_test_acc(self) -> float | None:
         """The final test accuracy the training loop logged (None when it evaluated on a validation split)."""

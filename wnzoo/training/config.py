@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -13,6 +14,7 @@ import yaml
 from .._datasets import DATASETS
 from ..data import DATA_ENV
 from ..init import SCHEMES
+from ..models.resnet import CifarResNet
 from ..registry import did_you_mean, is_zoo_model, list_models, norm_of
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "keys_help", "COMPILE_MODES",
@@ -57,10 +59,14 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 NON_RECIPE_KEYS = ("data", "device", "compile", "log_every", "eval_every", "eval_subset", "recipe", "notes")
 
 
+# What ``model_args`` may set: the model class's arguments, less those the model name or the recipe sets.
+_MODEL_ARGS = frozenset(inspect.signature(CifarResNet).parameters) - {"norm", "num_classes", "init", "init_batch", "in_chans"}
+
+
 def _key(default: Any, help: str) -> Any:
     """A config key: its default, and the one line ``train.py --help`` shows for it."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -81,6 +87,8 @@ class TrainConfig:
     """One training recipe. Every field can be set in YAML or with ``--set key=value``."""
 
     model: str = _key("wn_resnet20", "zoo architecture (wnzoo.list_models())")
+    model_args: dict = _key({}, "arguments of the model class, e.g. {blocks: 166, widths: [16, 32, 64]} (experiments; "
+                                "such runs are not published)")
     init: str | None = _key(None, "init scheme (wnzoo.init); null: the family's default (proposed / orthogonal)")
     dataset: str = _key("cifar10", "cifar10 or cifar100")
     data: str | None = _key(None, f"data folder or HF dataset id; null: ${DATA_ENV}, else the dataset's HF id")
@@ -129,6 +137,9 @@ class TrainConfig:
             raise ConfigError(f"milestones must be increasing fractions of the run in (0, 1), got {self.milestones}")
         if not is_zoo_model(self.model):
             raise ConfigError(f"model={self.model!r} is not a zoo model.{did_you_mean(self.model, list_models(), n=3)}")
+        bad = sorted(set(self.model_args) - _MODEL_ARGS)
+        if bad:
+            raise ConfigError(f"model_args {bad} are not arguments of the zoo's models; use some of {sorted(_MODEL_ARGS)}")
         valid = SCHEMES[norm_of(self.model)]
         if self.init is not None and self.init not in valid:
             raise ConfigError(f"init={self.init!r} does not apply to {self.model}; choose one of {sorted(valid)}")
@@ -146,7 +157,8 @@ class TrainConfig:
             d = dict(d, compile="default" if d["compile"] else "none")
         out = {}
         for k, v in d.items():
-            out[k] = _coerce(k, v, valid[k].default if valid[k].default is not dataclasses.MISSING else [])
+            f = valid[k]
+            out[k] = _coerce(k, v, f.default if f.default is not dataclasses.MISSING else f.default_factory())
         return cls(**out)
 
 
@@ -169,9 +181,9 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
-    elif isinstance(default, list):
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+    elif isinstance(default, (list, dict)):
+        if not isinstance(value, type(default)):
+            raise ConfigError(f"{key} must be a {type(default).__name__}, got {value!r}")
     elif isinstance(default, str) and not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value

@@ -12,6 +12,7 @@ global batch, which keeps results equal to a single process with that batch.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from .plots import plot_curves
 from .schedule import LRSchedule
 from .step import TrainStep
 
-__all__ = ["train", "export_run", "throughput", "make_optimizer", "TrainingDiverged", "hardware_name"]
+__all__ = ["train", "export_run", "throughput", "make_optimizer", "TrainingDiverged", "hardware_name", "shared_data",
+           "initial_model", "DataSource"]
 
 
 def hardware_name(device: torch.device) -> str:
@@ -111,10 +113,11 @@ def _first(n: int, available: int, key: str, what: str) -> int:
     return n or available
 
 
-def _load_data(cfg: TrainConfig, device: torch.device) -> RunData:
+def _load_data(cfg: TrainConfig, device: torch.device, read: Callable = load_split) -> RunData:
     """The training data and what is evaluated: the held-out 5k (``val_split``), the test split, or
-    nothing (``eval_every=0``: the test split need not exist on a training machine)."""
-    images, labels = load_split(cfg.data, cfg.dataset, "train")
+    nothing (``eval_every=0``: the test split need not exist on a training machine). ``read`` reads
+    one split, as :func:`wnzoo.data.load_split`."""
+    images, labels = read(cfg.data, cfg.dataset, "train")
     sha = fingerprint(images, labels)
     kw = dict(seed=cfg.seed, channels_last=cfg.channels_last)
     ev = split = None
@@ -123,7 +126,7 @@ def _load_data(cfg: TrainConfig, device: torch.device) -> RunData:
         ev, split = (images[va], labels[va]), "val"
         images, labels = images[tr], labels[tr]
     elif cfg.eval_every:
-        ev, split = load_split(cfg.data, cfg.dataset, "test"), "test"
+        ev, split = read(cfg.data, cfg.dataset, "test"), "test"
     n = _first(cfg.subset, len(labels), "subset", "training images")
     if n < cfg.batch_size:
         raise ConfigError(f"the {n} training images are fewer than batch_size={cfg.batch_size}; lower batch_size")
@@ -146,6 +149,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 DataSource = Callable[[TrainConfig, torch.device], RunData]
 
 
+def shared_data() -> DataSource:
+    """A data source for many short runs (sweeps): each split is read from disk once, not per run."""
+    read = functools.cache(load_split)
+    return lambda cfg, device: _load_data(cfg, device, read)
+
+
 def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
            load_data: DataSource = _load_data) -> _Run:
     """Data (``load_data``: from ``cfg.data`` by default), model (initialized, or restored from
@@ -164,7 +173,7 @@ def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
         init, init_batch = cfg.init, next(train_data.batches(0, cfg.batch_size, train=True))[0].cpu().contiguous()
     else:  # a resumed model's weights come from the state
         init, init_batch = None, None
-    model = create_model(cfg.model, num_classes=None, init=init, init_batch=init_batch).to(device)
+    model = create_model(cfg.model, num_classes=None, init=init, init_batch=init_batch, **cfg.model_args).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg, device)
@@ -187,6 +196,13 @@ def _build(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None,
                 history=list(state.history) if state else [])
 
 
+def initial_model(cfg: TrainConfig, data: DataSource | None = None) -> tuple[nn.Module, DeviceData]:
+    """The model a run of ``cfg`` starts from (initialized as ``train`` does it, data-dependent schemes
+    from the first batch) and its training data (``data``: see :func:`train`), without training."""
+    run = _build(cfg, None, None, data or _load_data)
+    return run.model, run.train_data
+
+
 def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool, tensors: bool = True) -> RunState | None:
     """The state to resume from (``resume``), after checking it belongs to this recipe; with
     ``tensors=False`` only its header is read."""
@@ -206,8 +222,8 @@ def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool, tensors: bool
     if not folder.has_state():
         raise FileNotFoundError(f"--resume: {folder.state} not found; nothing to resume (drop --resume to start)")
     state = folder.read_state(tensors)
-    diff = {k: (state.config.get(k), v) for k, v in cfg.to_dict().items()
-            if k not in NON_RECIPE_KEYS and state.config.get(k) != v}
+    ran = {**TrainConfig().to_dict(), **state.config}  # a key added since the run started has its default
+    diff = {k: (ran.get(k), v) for k, v in cfg.to_dict().items() if k not in NON_RECIPE_KEYS and ran.get(k) != v}
     if diff:
         lines = ", ".join(f"{k}: run has {a!r}, given {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"--resume with a different recipe ({lines}); resume with the run's own config.yaml "
@@ -324,7 +340,8 @@ def _tensorboard(out: Path):
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, time_limit_s: float | None = None,
-          progress: bool = True, export: bool = True, log_epochs: bool | None = None) -> dict[str, Any]:
+          progress: bool = True, export: bool = True, log_epochs: bool | None = None,
+          data: DataSource | None = None) -> dict[str, Any]:
     """Train ``cfg`` into ``out_dir``; returns the run summary.
 
     ``out_dir`` must be new or empty, or (``resume``) hold an unfinished run of this recipe on the
@@ -333,7 +350,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, ti
     a line per epoch. ``time_limit_s`` stops cleanly after the last epoch that fits (status ``'paused'``), for
     time-boxed jobs; ``--resume`` continues. With ``export=False`` the folder gets only its state
     file (and ``summary.json`` if the run diverges), for jobs whose output must stay small;
-    :func:`export_run` writes the rest later. Raises :class:`TrainingDiverged` on NaN/inf.
+    :func:`export_run` writes the rest later. ``data`` loads the data (default: from ``cfg.data``;
+    see :func:`shared_data`). Raises :class:`TrainingDiverged` on NaN/inf.
     """
     t_start = time.time()
     if time_limit_s is not None and not time_limit_s > 0:
@@ -350,7 +368,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, ti
             if written.get("status") == "finished":  # an older summary (paused, say) is not the run's
                 return written
             return _summary(state.config, state.history, dict(status="finished"))
-        return _train(_build(cfg, folder, state), t_start, time_limit_s, progress, export, log_epochs)
+        return _train(_build(cfg, folder, state, data or _load_data), t_start, time_limit_s, progress, export, log_epochs)
 
 
 def _train(run: _Run, t_start: float, time_limit_s: float | None, progress: bool, export: bool,
@@ -425,7 +443,7 @@ def _export(folder: RunFolder, data: str | os.PathLike | None, device: str) -> d
                 raise
             print(f"warning: the final weights are not evaluated: {e}. Pass the test data (--data)", flush=True)
         else:
-            model = create_model(cfg.model, num_classes=None)
+            model = create_model(cfg.model, num_classes=None, **cfg.model_args)
             model.load_state_dict(state.model)
             res = evaluate(model.to(device), test)
             extra.update(eval_split="test", test_acc=res["top1"], test_loss=res["loss"], test_measured_by="export_run")

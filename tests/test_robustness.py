@@ -1,0 +1,155 @@
+"""The robustness measures of Table 2 and Figure 3: Hessian power iteration, sweeps, verdicts, CLIs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from wnzoo import create_model, reproduce
+from wnzoo.robustness import blocks_for_depth, depth_sweep, divergence_grid, hessian_at_init, hessian_spectral_norm
+from wnzoo.training.config import TrainConfig
+
+from conftest import REPO
+
+
+class _Quadratic(nn.Module):
+    """``loss = ½ wᵀAw``: its Hessian is A, whatever the batch."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(a.shape[0]))
+        self.register_buffer("a", a)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w
+
+
+def _quadratic_loss(model):
+    return lambda out, y: 0.5 * out @ model.a @ out
+
+
+@pytest.mark.parametrize("eigs", [[10.0, 6.0, 3.0, 1.0, 0.5], [-8.0, 5.0, 2.0, -1.0, 0.1]])
+def test_power_iteration_recovers_the_top_eigenvalue_of_a_known_quadratic(eigs):
+    q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), generator=torch.Generator().manual_seed(1)))
+    model = _Quadratic(q @ torch.diag(torch.tensor(eigs)) @ q.T)
+    batches = [(torch.zeros(1), torch.zeros(1))] * 3
+    top = hessian_spectral_norm(model, batches, iters=40, seed=0, loss_fn=_quadratic_loss(model))
+    assert top == pytest.approx(max(abs(e) for e in eigs), rel=0.01)
+    few = hessian_spectral_norm(model, batches, iters=1, seed=0, loss_fn=_quadratic_loss(model))
+    assert abs(few - max(abs(e) for e in eigs)) > 0.01 * abs(few)  # one iteration has not converged: the test can fail
+
+
+def test_hessian_is_deterministic_and_leaves_bn_statistics_alone():
+    model = create_model("bn_resnet20", widths=(4, 8, 8))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    a = hessian_spectral_norm(model.eval(), [(x, y)], iters=3, seed=5)
+    assert a == hessian_spectral_norm(model, [(x, y)], iters=3, seed=5) and a > 0
+    assert not model.training and all(torch.equal(before[k], b) for k, b in model.named_buffers())
+
+
+def _base(data, **kw) -> TrainConfig:
+    d = dict(model="wn_wrn16_4", model_args={"widths": [4, 8, 8]}, data=str(data), epochs=1, batch_size=64,
+             schedule="constant", warmup_epochs=0, lr=0.01, channels_last=False, subset=256, eval_subset=64)
+    return TrainConfig.from_dict(dict(d, **kw))
+
+
+def test_hessian_at_init_follows_the_init_scheme(tiny_data):
+    cfg = _base(tiny_data, eval_every=0)
+    prop = hessian_at_init(cfg, batches=1, iters=4)
+    assert prop == hessian_at_init(cfg, batches=1, iters=4)
+    assert hessian_at_init(TrainConfig.from_dict(dict(cfg.to_dict(), init="default")), batches=1, iters=4) > 10 * prop
+    with pytest.raises(ValueError, match="only 4 batches"):
+        hessian_at_init(cfg, batches=5, iters=1)
+
+
+def test_divergence_grid_counts_a_diverging_run_and_resumes_from_its_journal(tiny_data, tmp_path, monkeypatch):
+    base = _base(tiny_data, epochs=2, eval_every=0)
+    rows = divergence_grid(base, [0.01, 1e5], [0, 1], ["proposed"], [0], tmp_path / "g", progress=False)
+    got = {(r["lr"], r["warmup_epochs"]): r["survived"] for r in rows}
+    assert got == {(0.01, 0): True, (1e5, 0): False, (0.01, 1): True, (1e5, 1): False}
+    assert all(r["diverged_at"]["lr"] > 1 for r in rows if not r["survived"])
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == [".lock", "journal.jsonl"]  # and no run folders
+    monkeypatch.setattr("wnzoo.robustness.train", lambda *a, **k: pytest.fail("a journaled cell was trained again"))
+    with open(tmp_path / "g" / "journal.jsonl", "a") as f:
+        f.write('{"init": "propo')  # a kill while a row was written
+    assert divergence_grid(base, [0.01, 1e5], [0, 1], ["proposed"], [0], tmp_path / "g", progress=False) == rows
+    with pytest.raises(RuntimeError, match="other settings"):
+        divergence_grid(base, [0.01], [0], ["proposed"], [0], tmp_path / "g", progress=False)
+
+
+def test_depth_sweep_builds_each_depth_and_reports_accuracy(tiny_data, tmp_path):
+    rows = depth_sweep(_base(tiny_data), [10, 16], ["proposed"], [0], tmp_path / "d", progress=False)
+    assert [r["depth"] for r in rows] == [10, 16] and all(r["survived"] and 0 <= r["test_acc"] <= 100 for r in rows)
+    journal = [json.loads(x) for x in (tmp_path / "d" / "journal.jsonl").read_text().splitlines()]
+    assert journal[0]["settings"]["base"]["model_args"] == {"widths": [4, 8, 8]} and journal[1:] == rows
+    assert blocks_for_depth("wn_wrn40_10", 1000) == 166 and blocks_for_depth("wn_resnet20", 110) == 18
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        blocks_for_depth("wn_wrn40_10", 12)
+
+
+def _grid_rows(survival: dict[str, list[bool]]) -> list[dict]:
+    lrs = [0.01, 0.1]
+    return [dict(init=s, lr=lr, warmup_epochs=w, seed=0, survived=ok) for s, oks in survival.items()
+            for (w, lr), ok in zip([(0, lrs[0]), (0, lrs[1]), (1, lrs[0]), (1, lrs[1])], oks)]
+
+
+def test_verdicts_are_computed_from_the_rows():
+    good = reproduce._grid_report(_grid_rows({"proposed": [True, True, True, True],
+                                              "default_orthogonal": [True, False, True, True]}))
+    bad = reproduce._grid_report(_grid_rows({"proposed": [True, False, True, False],
+                                             "default_orthogonal": [True, True, True, True]}))
+    flat = reproduce._grid_report(_grid_rows({"proposed": [True, True, True, True],
+                                              "default_orthogonal": [False, False, False, False]}))
+    assert good.supported and "proposed survives most often without warmup: yes" in good.verdict
+    assert not bad.supported and "proposed survives most often with warmup: no" in bad.verdict
+    assert not flat.supported and "warmup helps every scheme: no" in flat.verdict  # 0 % stays 0 %: no help
+    assert "| 0.01 | no | 100 / 100 | 0 / 100 |" in good.table  # paper / ours, per scheme
+    rows = [dict(depth=d, init=s, seed=0, survived=not (s == "default_orthogonal" and d > 10), test_acc=30.0)
+            for d in (10, 100) for s in ("proposed", "default_orthogonal")]
+    assert reproduce._depth_report(rows, 10).supported
+    rows[1]["survived"] = True  # default trains at 10 layers too; now make it train at 100
+    rows[3]["survived"] = True
+    assert not reproduce._depth_report(rows, 10).supported
+    h = [dict(init=s, seed=0, log_norm=v) for s, v in (("proposed", 2.0), ("default_orthogonal", 9.0), ("datadep", 1.0))]
+    assert not reproduce._hessian_report(h, "wn_wrn40_10").supported
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scale", "gpu"], "invalid choice"),
+    (["--set", "lr=-1"], "lr must be > 0"),
+    (["--set", "model=wn_resnet20"], "Table 2 reports wn_wrn40_10 on cifar10 and wn_resnet164 on cifar100"),
+    (["--set", "seed=3"], "hessian sets seed itself"),
+    (["--set", "model_args={depth: 3}"], "model_args ['depth'] are not arguments"),
+    (["-c", "nowhere.yaml"], "config file nowhere.yaml does not exist"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    argv = ["--out", str(tmp_path / "o"), *args]
+    try:
+        code = reproduce.cli("hessian", argv, repo=REPO)
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_cli_never_writes_into_a_foreign_folder(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep")
+    assert reproduce.cli("lr_robustness", ["--out", str(tmp_path), "--quiet"], repo=REPO) == 2
+    assert "holds no sweep" in capsys.readouterr().err and [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.parametrize("experiment", list(reproduce.EXPERIMENTS))
+def test_the_committed_cpu_results_are_what_their_rows_say(experiment):
+    folder = REPO / "results" / f"{experiment}-cpu"
+    res = json.loads((folder / "results.json").read_text())
+    journal = [json.loads(x) for x in (folder / "journal.jsonl").read_text().splitlines()]
+    assert journal[1:] == res["rows"]  # the table is built from every journaled row, and only those
+    cfg = TrainConfig.from_dict(res["config"])
+    report = reproduce.EXPERIMENTS[experiment].report(res["rows"], cfg)
+    text = reproduce.render(res["what"], reproduce._title(experiment, cfg, "cpu"), report, tuple(res["reductions"]))
+    assert (folder / "table.md").read_text() == text and res["verdict"] == report.verdict
+    assert res["reductions"] == list(reproduce.preset(experiment, "cpu").reductions)
+    assert (folder / f"{experiment}.png").stat().st_size > 10_000
