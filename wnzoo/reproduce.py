@@ -124,6 +124,13 @@ def _hessian_report(rows: list[dict[str, Any]], model: str) -> Report:
                   supported, dict(mean_std={s: list(v) if math.isfinite(v[0]) else None for s, v in ours.items()}))
 
 
+def _verdict(checks: list[tuple[str, bool]]) -> tuple[bool, str]:
+    """Supported when every part of a claim holds (and there is one); the text says which parts do."""
+    supported = bool(checks) and all(c for _, c in checks)
+    return supported, f"{'supported' if supported else 'not supported'}: " + "; ".join(
+        f"{what}: {'yes' if c else 'no'}" for what, c in checks)
+
+
 _CHANCE_MARGIN = 0.05  # "trains": survives and beats chance by 5 points after the budget
 
 
@@ -149,10 +156,10 @@ def _depth_report(rows: list[dict[str, Any]], num_classes: int) -> Report:
     if "proposed" in schemes:
         checks.append(("proposed trains at every depth", all(ok(d, "proposed") for d in depths)))
     if "default_orthogonal" in schemes and any(d >= 100 for d in depths):
-        checks.append(("PyTorch default fails from 100 layers on", not any(ok(d, "default_orthogonal") for d in depths if d >= 100)))
-    supported = bool(checks) and all(c for _, c in checks)
-    verdict = f"{'supported' if supported else 'not supported'}: " + "; ".join(
-        f"{what}: {'yes' if c else 'no'}" for what, c in checks) + f" (trains = no divergence and accuracy ≥ {trains:.2f})"
+        deep = [d for d in depths if d >= 100]
+        checks.append(("PyTorch default fails from 100 layers on", not any(ok(d, "default_orthogonal") for d in deep)))
+    supported, verdict = _verdict(checks)
+    verdict += f" (trains = no divergence and accuracy ≥ {trains:.2f})"
     header = ["layers"] + [f"{paper.ROBUSTNESS_SCHEMES.get(s, s)} (paper / ours)" for s in schemes]
     return Report(_md(header, body), "the proposed init trains WN WRNs of every depth (10 to 10,000 layers); "
                   "PyTorch's default fails from 100 layers on", verdict, supported,
@@ -182,9 +189,7 @@ def _grid_report(rows: list[dict[str, Any]]) -> Report:
     if warm[True] and warm[False]:  # "helps": more survivors, unless all survived already
         checks.append(("warmup helps every scheme", all(total[s, True] > total[s, False] or total[s, False] == 100
                                                         for s in schemes)))
-    supported = bool(checks) and all(c for _, c in checks)
-    verdict = f"{'supported' if supported else 'not supported'}: " + "; ".join(
-        f"{what}: {'yes' if c else 'no'}" for what, c in checks)
+    supported, verdict = _verdict(checks)
     header = ["lr", "warmup"] + [f"{paper.ROBUSTNESS_SCHEMES.get(s, s)} % (paper / ours)" for s in schemes]
     return Report(_md(header, body), "the proposed init survives the widest range of learning rates, with and "
                   "without warmup, and warmup helps every scheme", verdict, supported,
@@ -267,8 +272,8 @@ class Experiment:
 
     name: str
     what: str
-    recipe: str                      # default recipe, relative to the repository (configs/)
     presets: dict[str, Preset]
+    run: Callable[[TrainConfig, Preset, Path, bool], list[dict[str, Any]]]  # the rows, journaled in a folder
     report: Callable[..., Report]
     figure: Callable[..., Any]
     swept: tuple[str, ...] = ("init", "seed")  # config keys the experiment sets per cell
@@ -289,18 +294,16 @@ def _run_grid(base: TrainConfig, p: Preset, out: Path, progress: bool) -> list[d
 
 
 EXPERIMENTS: dict[str, Experiment] = {
-    "hessian": Experiment("hessian", "Table 2: log spectral norm of the loss Hessian at initialization",
-                          "configs/wn_wrn40_10_c10_proposed.yaml", _HESSIAN,
-                          lambda rows, cfg: _hessian_report(rows, cfg.model), _hessian_figure),
+    "hessian": Experiment("hessian", "Table 2: log spectral norm of the loss Hessian at initialization", _HESSIAN,
+                          _run_hessian, lambda rows, cfg: _hessian_report(rows, cfg.model), _hessian_figure),
     "depth_sweep": Experiment("depth_sweep", "Figure 3, left: test accuracy after one epoch vs number of layers",
-                              "configs/wn_wrn40_10_c10_proposed.yaml", _DEPTH,
+                              _DEPTH, _run_depth,
                               lambda rows, cfg: _depth_report(rows, DATASETS[cfg.dataset].num_classes), _depth_figure),
     "lr_robustness": Experiment("lr_robustness", "Figure 3, right: % of runs that reach epoch 3 without diverging",
-                                "configs/wn_wrn40_10_c10_proposed.yaml", _GRID,
-                                lambda rows, cfg: _grid_report(rows), _grid_figure,
+                                _GRID, _run_grid, lambda rows, cfg: _grid_report(rows), _grid_figure,
                                 swept=("init", "seed", "lr", "warmup_epochs")),
 }
-_RUNNERS = {"hessian": _run_hessian, "depth_sweep": _run_depth, "lr_robustness": _run_grid}
+RECIPE = "configs/wn_wrn40_10_c10_proposed.yaml"  # what every preset starts from, relative to the repository
 
 
 def experiment_config(experiment: str, scale: str, recipe: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -330,7 +333,7 @@ def run_experiment(experiment: str, scale: str, cfg: TrainConfig, out: str | Pat
     ``out``; write ``results.json``, ``table.md`` and ``<experiment>.png`` there. Returns the report,
     the results and the text of ``table.md``."""
     exp, p, out = EXPERIMENTS[experiment], preset(experiment, scale), Path(out)
-    rows = _RUNNERS[experiment](cfg, p, out, progress)
+    rows = exp.run(cfg, p, out, progress)
     report = exp.report(rows, cfg)
     title = _title(experiment, cfg, scale)
     results = dict(experiment=experiment, what=exp.what, scale=scale, config=cfg.to_dict(), params=p.params,
@@ -378,7 +381,7 @@ def cli(experiment: str, argv: list[str] | None = None, repo: Path = Path(".")) 
     ap.add_argument("--scale", choices=SCALES, default="cpu",
                     help="cpu: reduced to minutes on 2 cores (the reductions are printed); paper: the paper's settings, "
                          "for a GPU")
-    ap.add_argument("-c", "--config", default=str(repo / exp.recipe), help="training recipe the presets start from "
+    ap.add_argument("-c", "--config", default=str(repo / RECIPE), help="training recipe the presets start from "
                     "(default %(default)s)")
     ap.add_argument("--data", default=None, help="data folder or HF dataset id (default: $WNZOO_DATA, else the Hub)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
