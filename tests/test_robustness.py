@@ -80,8 +80,13 @@ def test_divergence_grid_counts_a_diverging_run_and_resumes_from_its_journal(tin
         divergence_grid(base, [0.01], [0], ["proposed"], [0], tmp_path / "g", progress=False)
 
 
-def test_depth_sweep_builds_each_depth_and_reports_accuracy(tiny_data, tmp_path):
+def test_depth_sweep_builds_each_depth_and_reports_accuracy(tiny_data, tmp_path, monkeypatch):
+    import wnzoo.robustness
+
+    built, train = [], wnzoo.robustness.train
+    monkeypatch.setattr(wnzoo.robustness, "train", lambda cfg, *a, **k: built.append(cfg.model_args) or train(cfg, *a, **k))
     rows = depth_sweep(_base(tiny_data), [10, 16], ["proposed"], [0], tmp_path / "d", progress=False)
+    assert built == [{"widths": [4, 8, 8], "blocks": 1}, {"widths": [4, 8, 8], "blocks": 2}]  # 6n + 4 layers
     assert [r["depth"] for r in rows] == [10, 16] and all(r["survived"] and 0 <= r["test_acc"] <= 100 for r in rows)
     journal = [json.loads(x) for x in (tmp_path / "d" / "journal.jsonl").read_text().splitlines()]
     assert journal[0]["settings"]["base"]["model_args"] == {"widths": [4, 8, 8]} and journal[1:] == rows
