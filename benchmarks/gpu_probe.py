@@ -6,11 +6,12 @@
 
 For each recipe (default: the ResNet-110 pair) and each step mode (``compile`` of the config), one
 process measures training images/s of the recipe's own step (``wnzoo.training.throughput``: same
-model, batch, precision, memory format, optimizer) on random data. For the first recipe and the
-last mode it also runs 2, 4, … processes at once and sums their images/s, which tells whether a
+model, batch, precision, memory format, optimizer) on random data. Then, for the first recipe and
+the last mode, it runs 2, 4, … processes at once and sums their images/s, which tells whether a
 time-boxed job should train several runs at once (``train/timebox.py --parallel``). Each process
 compiles first; that fills the compiler's on-disk caches, so training the same recipes next on
-this machine starts faster. Prints a table and appends it to ``--results`` row by row, within a
+this machine starts faster; the single runs of every recipe come first so that a short budget
+still compiles every recipe. Prints a table and appends it to ``--results`` row by row, within a
 total ``--budget`` of seconds.
 """
 from __future__ import annotations
@@ -92,7 +93,7 @@ def measure(config: str, mode: str, runs: int, seconds: float, overrides: list[s
 
         for i, q in enumerate(outs):  # every worker compiled and warmed up
             if _wait_for(q, "READY", until) is None:
-                return failed(i, "timed out" if procs[i].poll() is None else f"exit {procs[i].returncode}")
+                return failed(i, "budget spent while compiling" if procs[i].poll() is None else f"exit {procs[i].returncode}")
         for p in procs:
             p.stdin.write("go\n")
             p.stdin.flush()
@@ -105,6 +106,13 @@ def measure(config: str, mode: str, runs: int, seconds: float, overrides: list[s
     return dict(config=config, mode=mode, runs=runs, model=results[0]["model"], hardware=results[0]["hardware"],
                 img_per_s=sum(r["img_per_s"] for r in results), warmup_s=max(r["warmup_s"] for r in results),
                 mode_used=results[0]["mode"], batch_size=results[0]["batch_size"])
+
+
+def cases(configs: list[str], modes: list[str], counts: list[int]) -> list[tuple[str, str, int]]:
+    """(recipe, mode, runs at once) in the order measured: every recipe's single runs first (each
+    compiles, and so caches, its step), then the first recipe's last mode with several runs."""
+    single = [(config, mode, 1) for config in configs for mode in modes]
+    return single + [(configs[0], modes[-1], n) for n in counts if n != 1]
 
 
 HEADER = ("| card | model | batch | step | runs at once | img/s (all runs) | img/s per run | vs eager | warm-up s |\n"
@@ -149,21 +157,19 @@ def main(argv: list[str] | None = None) -> int:
         out.write("\n" + "\n".join(lines) + "\n")
         out.flush()
     eager: dict[str, float] = {}
-    for i, config in enumerate(args.configs):
-        for mode in modes:
-            for n in (counts if i == 0 and mode == modes[-1] else [1]):
-                if time.time() > until:
-                    spent = f"not run: the {args.budget:.0f} s budget is spent"
-                    r = dict(config=config, mode=mode, runs=n, error=spent)
-                else:
-                    r = measure(config, mode, n, args.seconds, args.set, until)
-                if "img_per_s" in r and r["mode_used"] == "none" and n == 1:
-                    eager[r["model"]] = r["img_per_s"]
-                lines.append(row(r, eager))
-                print(lines[-1], flush=True)
-                if out is not None:
-                    out.write(lines[-1] + "\n")
-                    out.flush()
+    for config, mode, n in cases(args.configs, modes, counts):
+        if time.time() > until:
+            spent = f"not run: the {args.budget:.0f} s budget is spent"
+            r = dict(config=config, mode=mode, runs=n, error=spent)
+        else:
+            r = measure(config, mode, n, args.seconds, args.set, until)
+        if "img_per_s" in r and r["mode_used"] == "none" and n == 1:
+            eager[r["model"]] = r["img_per_s"]
+        lines.append(row(r, eager))
+        print(lines[-1], flush=True)
+        if out is not None:
+            out.write(lines[-1] + "\n")
+            out.flush()
     total = f"\n{time.time() - t0:.0f} s in all, compiling included.\n"
     print(total)
     if out is not None:

@@ -1,6 +1,7 @@
 """Time-boxed jobs: a queue of runs within a budget, state-only folders, resume across jobs, the probe."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import subprocess
@@ -92,6 +93,17 @@ def test_cli_checks_every_recipe_before_starting(tiny, tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "train" / "timebox.py"), str(tiny / "wn_tiny.yaml"),
                         "--out", str(tmp_path / "job"), "--time-limit", "0"], env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and "positive number of minutes" in r.stderr
+
+
+def test_probe_compiles_every_recipe_before_the_runs_at_once():
+    """A probe cut short by its budget must still have compiled (and cached) every recipe's step."""
+    spec = importlib.util.spec_from_file_location("gpu_probe", REPO / "benchmarks" / "gpu_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.cases(["wn", "bn"], ["none", "reduce-overhead"], [1, 2, 4]) == [
+        ("wn", "none", 1), ("wn", "reduce-overhead", 1), ("bn", "none", 1), ("bn", "reduce-overhead", 1),
+        ("wn", "reduce-overhead", 2), ("wn", "reduce-overhead", 4)]
+    assert probe.cases(["wn"], ["none"], [2]) == [("wn", "none", 1), ("wn", "none", 2)]
 
 
 @pytest.mark.slow

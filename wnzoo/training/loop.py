@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -458,8 +459,10 @@ def throughput(cfg: TrainConfig, seconds: float = 5.0, warmup_steps: int = 5, im
 
     The first ``warmup_steps`` steps (where compiling and graph capture happen) are timed apart as
     ``warmup_s``; then ``ready()`` is called (a barrier, when several processes are measured at
-    once) and steps run for ``seconds``. Compiling here fills the compiler's on-disk caches, so a
-    training run of the same recipe that follows on the machine starts faster.
+    once) and steps run for ``seconds``, timed in blocks of 20 steps: ``img_per_s`` is the median
+    block's, so one slow block (a cache flush, a neighbour's burst) does not move it. Compiling here
+    fills the compiler's on-disk caches, so a training run of the same recipe that follows on the
+    machine starts faster.
     """
     gen = torch.Generator().manual_seed(0)
     images = max(images, 20 * cfg.batch_size)  # batches of 20 steps per pass
@@ -491,9 +494,11 @@ def throughput(cfg: TrainConfig, seconds: float = 5.0, warmup_steps: int = 5, im
     warmup_s = time.time() - t0
     if ready is not None:
         ready()
-    done, t0 = 0, time.time()
-    while time.time() - t0 < seconds:
-        done += steps(20, 1 + done // 20)
-    elapsed = time.time() - t0
-    return dict(img_per_s=done * cfg.batch_size / elapsed, warmup_s=warmup_s, steps=done, mode=run.step.used,
+    done, rates, t0 = 0, [], time.time()
+    while not rates or time.time() - t0 < seconds:
+        start = time.time()
+        n = steps(20, 1 + done // 20)
+        rates.append(n * cfg.batch_size / (time.time() - start))
+        done += n
+    return dict(img_per_s=statistics.median(rates), warmup_s=warmup_s, steps=done, mode=run.step.used,
                 hardware=hardware_name(device))
