@@ -4,14 +4,17 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 from safetensors.torch import load_file
 
 from wnzoo.training import RunFolder, export_run, load_config, train
@@ -93,6 +96,33 @@ def test_cli_checks_every_recipe_before_starting(tiny, tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "train" / "timebox.py"), str(tiny / "wn_tiny.yaml"),
                         "--out", str(tmp_path / "job"), "--time-limit", "0"], env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and "positive number of minutes" in r.stderr
+
+
+def test_a_job_ended_by_sigterm_stops_its_runs(tiny, tmp_path):
+    """A scheduler's time limit sends SIGTERM to the job: its runs (in their own process groups)
+    must stop with it, not train on unseen."""
+    long = tmp_path / "wn_long.yaml"
+    long.write_text(yaml.safe_dump(dict(yaml.safe_load((tiny / "wn_tiny.yaml").read_text()), epochs=10_000)))
+    out = tmp_path / "job"
+    job = subprocess.Popen([sys.executable, str(REPO / "train" / "timebox.py"), str(long), "--out", str(out),
+                            "--time-limit", "30"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    lock = FileLock(out / "wn_long" / RunFolder.LOCK)
+    try:
+        deadline = time.time() + 120
+        while not (out / "job.log").exists() or "[wn_long] epoch=1 " not in (out / "job.log").read_text():
+            assert time.time() < deadline and job.poll() is None, "the run never finished an epoch"
+            time.sleep(0.2)
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=30) == 130
+        err = job.stderr.read()
+        assert "interrupted" in err and "continue with the same command" in err and "Traceback" not in err
+        lock.acquire(timeout=5)  # the run's process holds it while it lives
+        lock.release()
+        assert RunFolder(out / "wn_long").epochs_done() >= 1  # its finished epochs are kept
+    finally:
+        job.kill()
+        subprocess.run(["pkill", "-f", str(out)], check=False)
 
 
 def test_probe_compiles_every_recipe_before_the_runs_at_once():

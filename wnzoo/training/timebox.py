@@ -20,7 +20,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Sequence
+from contextlib import contextmanager
+from typing import IO, Callable, Iterator, Sequence
 
 from .._cli import BAD_INPUT, DIVERGED, OK
 from .checkpoint import RunFolder
@@ -100,6 +101,30 @@ def _stop(procs: dict[str, subprocess.Popen], wait_s: float = 10.0) -> None:
             p.wait()
 
 
+# A scheduler's time limit, a spot instance's notice, a closed terminal.
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def _on_termination(handler: Callable | int) -> Iterator[None]:
+    """``handler`` for SIGTERM and SIGHUP within the block. The runs live in their own process
+    groups, so a job ended by a signal must stop them itself or they outlive it. Only the main
+    thread can set handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.signal(signum, handler) for signum in _TERMINATING}
+    try:
+        yield
+    finally:
+        for signum, previous in saved.items():
+            signal.signal(signum, previous)
+
+
 class _Job:
     """The processes of one job: starting runs, collecting their exits, stopping them at the deadline."""
 
@@ -148,18 +173,20 @@ class _Job:
 
     def run(self, parallel: int, grace_s: float, min_start_s: float) -> None:
         try:
-            while self.queue or self.procs:
-                self.reap()
-                left = self.deadline - time.time()
-                while self.queue and len(self.procs) < parallel and left > min_start_s:
-                    self.start(self.queue.pop(0), left)
-                if self.queue and not self.procs and left <= min_start_s:
-                    break
-                if self.procs and time.time() > self.deadline + grace_s:
-                    self.stop_all(grace_s)
-                time.sleep(0.2)
-        except BaseException:  # Ctrl-C, or a run that cannot start: no run is left behind
-            _stop(self.procs)
+            with _on_termination(_interrupt):  # SIGTERM, SIGHUP: as Ctrl-C
+                while self.queue or self.procs:
+                    self.reap()
+                    left = self.deadline - time.time()
+                    while self.queue and len(self.procs) < parallel and left > min_start_s:
+                        self.start(self.queue.pop(0), left)
+                    if self.queue and not self.procs and left <= min_start_s:
+                        break
+                    if self.procs and time.time() > self.deadline + grace_s:
+                        self.stop_all(grace_s)
+                    time.sleep(0.2)
+        except BaseException:  # Ctrl-C, a signal, or a run that cannot start: no run is left behind
+            with _on_termination(signal.SIG_IGN):  # a second signal must not cut the stopping short
+                _stop(self.procs)
             raise
         finally:
             for t in self.pumps:
