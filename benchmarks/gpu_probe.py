@@ -93,7 +93,8 @@ def measure(config: str, mode: str, runs: int, seconds: float, overrides: list[s
 
         for i, q in enumerate(outs):  # every worker compiled and warmed up
             if _wait_for(q, "READY", until) is None:
-                return failed(i, "budget spent while compiling" if procs[i].poll() is None else f"exit {procs[i].returncode}")
+                alive = procs[i].poll() is None
+                return failed(i, "budget spent while compiling" if alive else f"exit {procs[i].returncode}")
         for p in procs:
             p.stdin.write("go\n")
             p.stdin.flush()

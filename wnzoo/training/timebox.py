@@ -18,9 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
 from typing import IO, Callable, Iterator, Sequence
 
 from .._cli import BAD_INPUT, DIVERGED, OK
