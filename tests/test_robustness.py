@@ -158,3 +158,40 @@ def test_the_committed_cpu_results_are_what_their_rows_say(experiment):
     assert (folder / "table.md").read_text() == text and res["verdict"] == report.verdict
     assert res["reductions"] == list(reproduce.preset(experiment, "cpu").reductions)
     assert (folder / f"{experiment}.png").stat().st_size > 10_000
+
+
+def test_a_grid_split_over_shards_in_several_processes_merges_to_the_whole_grid(tiny_data, tmp_path, monkeypatch):
+    """An array job: every shard a process of its own, in one folder; then one merge, which trains nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from wnzoo._cli import UserError
+    from wnzoo.robustness import parse_shard
+
+    base = _base(tiny_data, epochs=1, eval_every=0)
+    grid = ([0.01, 1e5], [0], ["proposed", "default"], [0, 1])  # 8 cells
+    whole = divergence_grid(base, *grid, tmp_path / "whole", progress=False)
+    out = tmp_path / "sharded"
+    code = ("import json, sys; from wnzoo.robustness import divergence_grid; from wnzoo.training.config import "
+            "TrainConfig; divergence_grid(TrainConfig.from_dict(json.loads(sys.argv[1])), *json.loads(sys.argv[2]), "
+            "sys.argv[3], progress=False, shard=(int(sys.argv[4]), 3))")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(base.to_dict()), json.dumps(grid), str(out),
+                               str(i)], env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    assert all(p.wait(timeout=600) == 0 for p in procs), [p.stderr.read()[-2000:] for p in procs]
+    with pytest.raises(UserError, match="2 of 8 cells are in no journal.*run the shards"):
+        divergence_grid(base, *grid, out, progress=False, merge=True)  # shard 2/3 has not run
+    assert len(divergence_grid(base, *grid, out, progress=False, shard=(2, 3))) == 2
+    monkeypatch.setattr("wnzoo.robustness.train", lambda *a, **k: pytest.fail("the merge trained a cell"))
+    merged = divergence_grid(base, *grid, out, progress=False, merge=True)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(merged) == drop(whole)
+    assert sorted(p.name for p in out.iterdir()) == [".lock", ".lock-shard-0-of-3", ".lock-shard-1-of-3",
+                                                     ".lock-shard-2-of-3", "journal-shard-0-of-3.jsonl",
+                                                     "journal-shard-1-of-3.jsonl", "journal-shard-2-of-3.jsonl",
+                                                     "journal.jsonl"]
+    assert parse_shard("3/4") == (3, 4)
+    for bad in ("4/4", "-1/2", "a/b", "1"):
+        with pytest.raises(ValueError, match="i/n with 0 <= i < n"):
+            parse_shard(bad)

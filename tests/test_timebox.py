@@ -57,7 +57,7 @@ def test_a_queue_trains_in_parallel_pauses_at_the_budget_and_resumes_exactly(tin
     assert (out / "job.log").read_text().count("[job] start") == 2
     assert exit_code(runs) == 0
     rows = results_rows(runs)
-    assert len(rows) == 2 and rows[0].startswith("| cpu | wn_tiny | 0 → 1 of 2 |")
+    assert len(rows) == 2 and rows[0].startswith("| cpu | wn_tiny | 1 | none | 0 → 1 of 2 |")  # stack of 1, eager
     # The same command again continues both runs; a third time there is nothing left to do.
     runs = run_queue(configs, out, minutes=5, parallel=1, echo=None)
     assert [(r.status, r.epochs_before, r.epochs_after) for r in runs] == [("finished", 1, 2)] * 2
@@ -130,22 +130,101 @@ def test_probe_compiles_every_recipe_before_the_runs_at_once():
     spec = importlib.util.spec_from_file_location("gpu_probe", REPO / "benchmarks" / "gpu_probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
-    assert probe.cases(["wn", "bn"], ["none", "reduce-overhead"], [1, 2, 4]) == [
-        ("wn", "none", 1), ("wn", "reduce-overhead", 1), ("bn", "none", 1), ("bn", "reduce-overhead", 1),
-        ("wn", "reduce-overhead", 2), ("wn", "reduce-overhead", 4)]
-    assert probe.cases(["wn"], ["none"], [2]) == [("wn", "none", 1), ("wn", "none", 2)]
+    assert probe.cases(["wn", "bn"], ["none", "reduce-overhead"], [1, 2, 4], [1, 2, 4]) == [
+        ("wn", "none", 1, 1), ("wn", "reduce-overhead", 1, 1), ("bn", "none", 1, 1), ("bn", "reduce-overhead", 1, 1),
+        ("wn", "reduce-overhead", 1, 2), ("wn", "reduce-overhead", 1, 4),
+        ("wn", "reduce-overhead", 2, 1), ("wn", "reduce-overhead", 4, 1)]
+    assert probe.cases(["wn"], ["none"], [2]) == [("wn", "none", 1, 1), ("wn", "none", 2, 1)]
 
 
 @pytest.mark.slow
-def test_probe_measures_each_mode_and_several_runs_at_once(tiny, tmp_path):
+def test_probe_measures_each_mode_stacks_and_several_runs_at_once(tiny, tmp_path):
     results = tmp_path / "results.md"
     results.write_text("# results\n")
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_probe.py"), "-c", str(tiny / "wn_tiny.yaml"),
-                        "--modes", "none", "--runs", "1,2", "--seconds", "0.5", "--set", "device=cpu",
-                        "--results", str(results)], env=ENV, capture_output=True, text=True, timeout=600)
+                        "--modes", "none", "--stacks", "1,2", "--runs", "1,2", "--seconds", "0.5",
+                        "--set", "device=cpu", "--results", str(results)],
+                       env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     text = results.read_text()
     assert text.startswith("# results\n") and "### Probe" in text
-    rows = [ln for ln in text.splitlines() if ln.startswith("| cpu | wn_resnet20 | 64 | none |")]
-    assert [ln.split(" | ")[4] for ln in rows] == ["1", "2"], text
-    assert rows[0].split(" | ")[7] == "1.00×" and "s in all" in text
+    rows = [ln.split(" | ") for ln in text.splitlines() if ln.startswith("| cpu | wn_resnet20 | 64 | none |")]
+    assert [(c[4], c[5]) for c in rows] == [("1", "1"), ("2", "1"), ("1", "2")], text  # stack, processes
+    assert rows[0][8] == "1.00×" and rows[0][9] == "1.00×" and "s in all" in text
+    assert float(rows[1][6].replace(",", "")) == pytest.approx(2 * float(rows[1][7].replace(",", "")), rel=0.01)
+
+
+def _queued(configs: list[Path], out: Path):
+    from wnzoo.training.timebox import _prepare
+    return _prepare(configs, out, [])
+
+
+def _seeds(data: Path, folder: Path) -> list[Path]:
+    """Three recipes of one architecture that differ in seed, init and lr: one stack."""
+    paths = []
+    for k, extra in enumerate([{}, dict(lr=0.1), dict(init="proposed_he")]):
+        paths.append(folder / f"wn_s{k}.yaml")
+        paths[-1].write_text(yaml.safe_dump(dict(dict(model="wn_resnet20", data=str(data), epochs=2, batch_size=64,
+                                                      lr=0.05, warmup_epochs=1, schedule="cosine", log_every=5,
+                                                      channels_last=False, eval_every=0, subset=256, seed=k),
+                                                 **extra)))
+    return paths
+
+
+@pytest.mark.slow  # 15 s: a job, a stack trained again in this process, three exports and a publish
+def test_runs_that_can_share_a_stack_train_as_one_and_publish_like_any_run(tiny_data, tiny, tmp_path, monkeypatch):
+    import wnzoo.evaluation
+    from wnzoo.publish import publish
+    from wnzoo.training import train_stack
+    from wnzoo.training.timebox import default_stack, plan_stacks
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    seeds = _seeds(tiny_data, tmp_path)
+    out = tmp_path / "job"
+    runs = run_queue([*seeds, tiny / "bn_tiny.yaml"], out, minutes=5, stack=8, echo=None)  # a CPU's default is 1
+    log = (out / "job.log").read_text()
+    assert log.count("[job] start") == 2 and "[job] start a stack of 3: wn_s0 at epoch 0/2, wn_s1 at epoch 0/2" in log
+    assert "[wn_s0+2] [wn_s1] epoch=2" in log  # each run's own lines
+    assert [r.status for r in runs] == ["finished"] * 4 and exit_code(runs) == 0
+    rows = results_rows(runs)
+    assert [r.split(" | ")[2] for r in rows] == ["3", "3", "3", "1"]
+    # the same as the stack trained in this process: each run's state is its own
+    cfgs = [load_config(p) for p in seeds]
+    train_stack(cfgs, [tmp_path / f"ref{k}" for k in range(3)], progress=False, export=False)
+    for k in range(3):
+        assert _states_equal(tmp_path / f"ref{k}" / "state.safetensors", out / f"wn_s{k}" / "state.safetensors")
+    # exported and published like any run, and nothing in them says they were trained in a stack but the history
+    monkeypatch.setattr(wnzoo.evaluation, "TEST_SPLIT_SIZE", 200)
+    summaries = [export_run(out / f"wn_s{k}", data=tiny_data) for k in range(3)]
+    assert all(s["status"] == "finished" and "test_acc" in s for s in summaries)
+    paths = dict(release_dir=tmp_path / "hub", published_json=tmp_path / "p.json", zoo_card_path=tmp_path / "M.md")
+    rec, folder = publish(out / "wn_s1", "wnzoo/wn_resnet20.c10", data=tiny_data,
+                          recipe=REPO / "configs" / "wn_resnet20_c10_short.yaml", **paths)
+    assert rec.top1 == pytest.approx(summaries[1]["test_acc"], abs=0.5)
+    assert set(load_file(folder / "model.safetensors")) == set(load_file(out / "wn_s1" / "model.safetensors"))
+    # --stack 1: every run alone; the default stacks on GPUs only
+    assert [len(u) for u in plan_stacks(_queued(seeds, tmp_path / "alone"), size=1)] == [1, 1, 1]
+    assert [len(u) for u in plan_stacks(_queued(seeds, tmp_path / "two"), size=2)] == [2, 1]
+    assert default_stack(runs, ["cuda:0", "cuda:1"]) == 8 and default_stack(runs, ["cpu"]) == 1
+    assert default_stack(runs, [None]) == (8 if torch.cuda.is_available() else 1)  # device=auto
+
+
+def test_a_job_spreads_its_processes_over_the_devices_it_is_given(tiny, tmp_path, monkeypatch):
+    from wnzoo.training.timebox import _Job, parse_devices
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    configs = [tiny / "wn_tiny.yaml", tiny / "bn_tiny.yaml"]
+    out = tmp_path / "job"
+    runs = run_queue(configs, out, minutes=5, devices=["cpu", "cpu"], echo=None)
+    log = (out / "job.log").read_text()
+    assert [r.status for r in runs] == ["finished", "finished"]
+    assert "wn_tiny at epoch 0/2 on cpu" in log and "bn_tiny at epoch 0/2 on cpu" in log
+    starts = [ln for ln in log.splitlines() if ln.startswith("[job] start") or "epoch=1 " in ln]
+    assert starts[1].startswith("[job] start"), starts  # both started before either finished an epoch
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    job = _Job([], 0, [], [], [None], tmp_path)
+    assert job._env("cuda:1")["CUDA_VISIBLE_DEVICES"] == "5" and job._env("cpu") is job.env
+    assert parse_devices("cuda:0, cuda:1") == ["cuda:0", "cuda:1"] and parse_devices(None) == [None]
+    with pytest.raises(ValueError, match="cpu or cuda:N"):
+        parse_devices("gpu0")

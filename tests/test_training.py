@@ -236,13 +236,16 @@ def test_run_state_is_one_small_safetensors_file_with_momentum(tmp_path):
 
     from wnzoo import create_model
     from wnzoo.training import RunState
+    from wnzoo.training.stack import stack_models
+    from wnzoo.training.step import RunOptim, TrainStep
 
     model = create_model("wn_resnet110")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     opt.step()
+    momentum = {n: opt.state[p]["momentum_buffer"] for n, p in model.named_parameters()}
     path = tmp_path / "state.safetensors"
-    RunState.capture(model, opt, None, 3, dict(model="wn_resnet110"), [dict(epoch=3)]).save(path)
+    RunState(3, dict(model="wn_resnet110"), [dict(epoch=3)], model.state_dict(), momentum).save(path)
     assert path.stat().st_size < 16 * 2**20, path.stat().st_size
     assert path.stat().st_size / 2**20 == pytest.approx(13.2, abs=0.1)
     with safe_open(str(path), "pt") as f:
@@ -250,41 +253,44 @@ def test_run_state_is_one_small_safetensors_file_with_momentum(tmp_path):
         assert sum(k.startswith("momentum.") for k in f.keys()) == len(list(model.parameters()))
     state = RunState.load(path)
     other = create_model("wn_resnet110").to(memory_format=torch.channels_last)  # as the loop trains it
-    opt2 = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
-    state.restore(other, opt2, None)
-    for q in other.parameters():  # CUDA's fused SGD requires the buffer in the parameter's layout
-        assert opt2.state[q]["momentum_buffer"].stride() == q.stride()
+    state.restore(other)
     assert state.epoch == 3 and state.history == [dict(epoch=3)]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
-    for p, q in zip(model.parameters(), other.parameters()):
-        assert torch.equal(opt.state[p]["momentum_buffer"], opt2.state[q]["momentum_buffer"])
+    assert all(torch.equal(momentum[n], state.momentum[n]) for n in momentum)
+    wd = {n: 0.0 for n, _ in other.named_parameters()}
+    step = TrainStep(stack_models([other]), [RunOptim(0.9, False, wd)], state.momentum)
+    for n, q in other.named_parameters():  # the step keeps each buffer in its parameter's layout
+        assert step.momentum[n].stride() == q.stride() and torch.equal(step.momentum[n], momentum[n])
+    with pytest.raises(StateError, match="do not fit CifarResNet"):
+        state.restore(create_model("wn_resnet20"))
 
 
 def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch):
     import wnzoo.training.step as step_mod
     from wnzoo import create_model
+    from wnzoo.training.stack import stack_models
 
-    def broken_compile(module, mode=None):
-        def run(*a):  # fails after the forward ran, as a compiler failing in backward would
-            module(*a)
+    def broken_compile(fn, mode=None):
+        def run(*a):  # fails after part of the step ran, as a compiler failing late would
+            fn(*a)
             raise RuntimeError("backend exploded")
         return run
 
     monkeypatch.setattr(step_mod.torch, "compile", broken_compile)
-    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8, 1))
     losses, stats = [], []
     for mode in ("none", "reduce-overhead"):
         torch.manual_seed(0)
         model = create_model("bn_resnet20")
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        step = step_mod.TrainStep(model, model, opt, compile=mode)
+        wd = {n: 1e-4 for n, _ in model.named_parameters()}
+        step = step_mod.TrainStep(stack_models([model]), [step_mod.RunOptim(0.9, False, wd)], compile=mode)
         with pytest.warns(RuntimeWarning, match="backend exploded.*continuing eagerly") if mode != "none" else \
                 contextlib.nullcontext():
-            losses.append([step(x, y, 0.1)[0].item() for _ in range(3)])
+            losses.append([step(x, y, torch.tensor([0.1]))[0].item() for _ in range(3)])
         assert step.mode == "none"
         stats.append(model.state_dict())
     assert losses[0] == losses[1]
-    assert all(torch.equal(stats[0][k], stats[1][k]) for k in stats[0])  # BN statistics updated once per step
+    assert all(torch.equal(stats[0][k], stats[1][k]) for k in stats[0])  # weights and BN statistics: one step each
 
 
 @pytest.mark.slow
@@ -395,28 +401,22 @@ def test_torchrun_gloo_matches_single_process(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["wn_resnet20", "bn_resnet20"])
-def test_optimizer_decay_follows_the_model_and_the_recipe(name, tiny_data, monkeypatch):
+def test_weight_decay_follows_the_model_and_the_recipe(name, tiny_data, monkeypatch):
     from wnzoo.registry import create_model
-    from wnzoo.training.loop import make_optimizer
+    from wnzoo.training.loop import weight_decay_of
 
     model = create_model(name)
-
-    def decay_of(opt):
-        return {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
-
     # the paper's recipe decays every parameter (the model exempts none)
     assert model.no_weight_decay() == set()
-    wd = decay_of(make_optimizer(model, _cfg(tiny_data), torch.device("cpu")))
-    assert len(wd) == len(list(model.parameters())) and set(wd.values()) == {1e-4}
+    wd = weight_decay_of(model, _cfg(tiny_data))
+    assert list(wd) == [n for n, _ in model.named_parameters()] and set(wd.values()) == {1e-4}
     # the model's own list is what both recipes exempt; wd_on_gains_biases_bn: false adds every 1-d tensor
     monkeypatch.setattr(type(model), "no_weight_decay", lambda self: {"stem.bias", "fc.weight"})
     names = dict(model.named_parameters())
-    wd = decay_of(make_optimizer(model, _cfg(tiny_data), torch.device("cpu")))
-    assert {n for n, p in names.items() if wd[id(p)] == 0} == {"stem.bias", "fc.weight"}
-    opt = make_optimizer(model, _cfg(tiny_data, wd_on_gains_biases_bn=False), torch.device("cpu"))
-    wd = decay_of(opt)
-    assert {n for n, p in names.items() if wd[id(p)] == 0} == {n for n, p in names.items() if p.ndim <= 1} | {"fc.weight"}
-    assert opt.defaults["momentum"] == 0.9 and not opt.defaults["nesterov"]
+    wd = weight_decay_of(model, _cfg(tiny_data))
+    assert {n for n in names if wd[n] == 0} == {"stem.bias", "fc.weight"}
+    wd = weight_decay_of(model, _cfg(tiny_data, wd_on_gains_biases_bn=False))
+    assert {n for n in names if wd[n] == 0} == {n for n, p in names.items() if p.ndim <= 1} | {"fc.weight"}
 
 
 def test_resume_without_a_recipe_reads_the_runs_own_config_and_a_paused_run_has_curves(tiny_data, tmp_path, capsys):

@@ -2,12 +2,17 @@
 """Train a queue of recipes within a wall-clock budget (spot instances, cluster time limits).
 
     python train/timebox.py configs/A.yaml configs/B.yaml --out runs/job --time-limit 50 [--parallel 2]
-                            [--set device=cuda compile=reduce-overhead eval_every=0] [--results FILE]
+                            [--devices cuda:0,cuda:1] [--stack 8] [--set device=cuda compile=reduce-overhead
+                            eval_every=0] [--results FILE]
 
 Each run trains into OUT/<recipe name> and writes only its state file, after every epoch; run the
-same command again to continue every run where it stopped. Then, on any machine:
-python train/train.py --export OUT/<recipe name> writes its weights, metrics, summary and curves.
-Every run finished or paused exits 0; a run that failed exits 2, one that diverged 3.
+same command again to continue every run where it stopped. Recipes of one architecture that
+differ only in seed, init, learning rate, schedule and the like train as one stacked model, in
+one process (benchmarks/gpu_probe.py --stacks measures what that gains on a machine); each stack,
+or lone run, goes to the next free device. The compiler's cache is kept in OUT/compile-cache for
+the next job. Then, on any machine: python train/train.py --export OUT/<recipe name> writes its
+weights, metrics, summary and curves. Every run finished or paused exits 0; a run that failed
+exits 2, one that diverged 3.
 
 """
 import argparse
@@ -16,7 +21,8 @@ import time
 
 from wnzoo._cli import EXIT_CODES, run
 from wnzoo._io import check_writable
-from wnzoo.training.timebox import DEFAULT_GRACE_S, RESULTS_HEADER, exit_code, results_rows, run_queue
+from wnzoo.training.timebox import (DEFAULT_GRACE_S, MAX_STACK, RESULTS_HEADER, exit_code, parse_devices, results_rows,
+                                    run_queue)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("configs", nargs="+", help="recipe YAMLs, trained in this order")
     ap.add_argument("--out", required=True, help="folder of the run folders (one per recipe) and job.log")
     ap.add_argument("--time-limit", type=float, required=True, metavar="MIN", help="wall-clock budget in minutes")
-    ap.add_argument("--parallel", type=int, default=1, help="runs trained at once (default 1)")
+    ap.add_argument("--parallel", type=int, default=1, help="processes (stacks or lone runs) at once on each device "
+                    "(default 1)")
+    ap.add_argument("--devices", metavar="LIST", help="devices to spread the processes over, e.g. cuda:0,cuda:1 "
+                    "(default: each run's device key)")
+    ap.add_argument("--stack", type=int, default=None, metavar="N", help=f"at most N runs per stacked model; 1 trains "
+                    f"every run alone (default: {MAX_STACK} on GPUs, 1 on a CPU, where a stack trains slower)")
     ap.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE",
                     help="config overrides for every run (e.g. data=..., device=cuda, compile=reduce-overhead)")
     ap.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="S",
@@ -47,7 +58,7 @@ def _job(args: argparse.Namespace, started: list) -> int:
         check_writable(args.results)  # now, not after the job
     started.append(True)
     runs = run_queue(args.configs, args.out, args.time_limit, parallel=args.parallel, overrides=args.set,
-                     log=args.log, grace_s=args.grace)
+                     log=args.log, grace_s=args.grace, stack=args.stack, devices=parse_devices(args.devices))
     rows = results_rows(runs)
     if args.results and rows:
         with open(args.results, "a") as f:

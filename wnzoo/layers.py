@@ -40,6 +40,7 @@ class _WeightNorm(nn.Module):
 
     # Class-level names kept out of TorchScript: they are only used when building or fusing.
     __jit_unused_properties__ = ["fan_in", "fan_out"]
+    groups = 1  # a grouped conv (WNConv2d) sets its own
 
     def _init_params(self, out_features: int, v_shape: tuple[int, ...], bias: bool) -> None:
         self.v = nn.Parameter(torch.empty(v_shape))
@@ -83,7 +84,7 @@ class _WeightNorm(nn.Module):
 
     @property
     def fan_out(self) -> int:
-        return self.v.shape[0] * self.v[0, 0].numel()
+        return self.v.shape[0] // self.groups * self.v[0, 0].numel()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         _rename_legacy(state_dict, prefix)
@@ -108,25 +109,33 @@ def rename_legacy_keys(state_dict: dict) -> dict:
 
 
 class WNConv2d(_WeightNorm):
-    """2D convolution with weight normalization per output channel."""
+    """2D convolution with weight normalization per output channel.
+
+    ``groups`` as in ``nn.Conv2d``; each output channel's norm covers its own group's inputs only,
+    which is what lets several runs train as one grouped model (:mod:`wnzoo.training.stack`).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, bias: bool = True) -> None:
+                 padding: int = 0, bias: bool = True, groups: int = 1) -> None:
         super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must be divisible by "
+                             f"groups={groups}")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self._init_params(out_channels, (out_channels, in_channels, kernel_size, kernel_size), bias)
+        self.kernel_size, self.stride, self.padding, self.groups = kernel_size, stride, padding, groups
+        self._init_params(out_channels, (out_channels, in_channels // groups, kernel_size, kernel_size), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
 
     def _plain(self) -> nn.Conv2d:
         return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         bias=self.bias is not None, device=self.v.device, dtype=self.v.dtype)
+                         groups=self.groups, bias=self.bias is not None, device=self.v.device, dtype=self.v.dtype)
 
     def extra_repr(self) -> str:
+        groups = f", groups={self.groups}" if self.groups != 1 else ""
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, bias={self.bias is not None}, role={self.init_role}")
+                f"padding={self.padding}{groups}, bias={self.bias is not None}, role={self.init_role}")
 
 
 class WNLinear(_WeightNorm):

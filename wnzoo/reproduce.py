@@ -21,10 +21,11 @@ from typing import Any, Callable
 from . import paper
 from ._datasets import DATASETS
 from ._io import atomic_write, write_json
-from .robustness import depth_sweep, divergence_grid, hessian_sweep
+from .robustness import Shard, depth_sweep, divergence_grid, hessian_sweep, parse_shard
 from .training.config import ConfigError, TrainConfig, load_config, parse_overrides
 
-__all__ = ["Preset", "Experiment", "EXPERIMENTS", "SCALES", "preset", "experiment_config", "run_experiment", "render",
+__all__ = ["Preset", "Experiment", "EXPERIMENTS", "SCALES", "preset", "experiment_config", "run_experiment",
+           "run_shard", "render",
            "Report", "cli"]
 
 SCALES = ("cpu", "paper")
@@ -273,24 +274,28 @@ class Experiment:
     name: str
     what: str
     presets: dict[str, Preset]
-    run: Callable[[TrainConfig, Preset, Path, bool], list[dict[str, Any]]]  # the rows, journaled in a folder
+    run: Callable[..., list[dict[str, Any]]]  # (config, preset, folder, progress, shard, merge): journaled rows
     report: Callable[..., Report]
     figure: Callable[..., Any]
     swept: tuple[str, ...] = ("init", "seed")  # config keys the experiment sets per cell
 
 
-def _run_hessian(base: TrainConfig, p: Preset, out: Path, progress: bool) -> list[dict[str, Any]]:
+def _run_hessian(base: TrainConfig, p: Preset, out: Path, progress: bool, shard: Shard | None = None,
+                 merge: bool = False) -> list[dict[str, Any]]:
     return hessian_sweep(base, SCHEMES, p.params["seeds"], p.params["batches"], p.params["iters"], out,
-                         dict(experiment="hessian"), progress)
+                         dict(experiment="hessian"), progress, shard, merge)
 
 
-def _run_depth(base: TrainConfig, p: Preset, out: Path, progress: bool) -> list[dict[str, Any]]:
-    return depth_sweep(base, p.params["depths"], SCHEMES, p.params["seeds"], out, dict(experiment="depth"), progress)
+def _run_depth(base: TrainConfig, p: Preset, out: Path, progress: bool, shard: Shard | None = None,
+               merge: bool = False) -> list[dict[str, Any]]:
+    return depth_sweep(base, p.params["depths"], SCHEMES, p.params["seeds"], out, dict(experiment="depth"), progress,
+                       shard, merge)
 
 
-def _run_grid(base: TrainConfig, p: Preset, out: Path, progress: bool) -> list[dict[str, Any]]:
+def _run_grid(base: TrainConfig, p: Preset, out: Path, progress: bool, shard: Shard | None = None,
+              merge: bool = False) -> list[dict[str, Any]]:
     return divergence_grid(base, p.params["lrs"], p.params["warmups"], SCHEMES, p.params["seeds"], out,
-                           dict(experiment="lr_robustness"), progress)
+                           dict(experiment="lr_robustness"), progress, shard, merge)
 
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -327,13 +332,23 @@ def experiment_config(experiment: str, scale: str, recipe: str | Path, overrides
     return cfg
 
 
+def run_shard(experiment: str, scale: str, cfg: TrainConfig, out: str | Path, shard: Shard,
+              progress: bool = True) -> int:
+    """Run (or resume) the cells of one shard ``(i, n)`` of ``experiment`` into ``out`` (shared by
+    the shards; see :mod:`wnzoo.robustness`); returns how many cells it holds. The report waits for
+    :func:`run_experiment` with ``merge=True``."""
+    exp, p = EXPERIMENTS[experiment], preset(experiment, scale)
+    return len(exp.run(cfg, p, Path(out), progress, shard))
+
+
 def run_experiment(experiment: str, scale: str, cfg: TrainConfig, out: str | Path,
-                   progress: bool = True) -> tuple[Report, dict[str, Any], str]:
+                   progress: bool = True, merge: bool = False) -> tuple[Report, dict[str, Any], str]:
     """Run (or resume) ``experiment`` at ``scale`` from ``cfg`` (see :func:`experiment_config`) into
-    ``out``; write ``results.json``, ``table.md`` and ``<experiment>.png`` there. Returns the report,
-    the results and the text of ``table.md``."""
+    ``out``; write ``results.json``, ``table.md`` and ``<experiment>.png`` there. Rows that shards
+    finished in ``out`` are taken as they are; with ``merge`` nothing is measured, and a cell that no
+    shard finished is an error. Returns the report, the results and the text of ``table.md``."""
     exp, p, out = EXPERIMENTS[experiment], preset(experiment, scale), Path(out)
-    rows = exp.run(cfg, p, out, progress)
+    rows = exp.run(cfg, p, out, progress, None, merge)
     report = exp.report(rows, cfg)
     title = _title(experiment, cfg, scale)
     results = dict(experiment=experiment, what=exp.what, scale=scale, config=cfg.to_dict(), params=p.params,
@@ -388,9 +403,16 @@ def cli(experiment: str, argv: list[str] | None = None, repo: Path = Path(".")) 
                     help="config overrides, applied after the preset's (e.g. device=cuda compile=default)")
     ap.add_argument("--out", default=None, help="output folder (default results/<experiment>-<scale>)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--shard", metavar="I/N", help="run only the I-th of N shards of the cells (0 <= I < N; e.g. a "
+                    "cluster array job, every task with the same --out): no report until --merge")
+    ap.add_argument("--merge", action="store_true", help="report from the rows the shards wrote into --out, "
+                    "training nothing; fails while a cell is missing")
     args = ap.parse_args(argv)
 
     def main() -> int:
+        if args.shard and args.merge:
+            raise ConfigError("--shard runs a shard and --merge reports them all; pass one of them")
+        shard = parse_shard(args.shard) if args.shard else None
         overrides = list(args.set) + ([f"data={args.data}"] if args.data else [])
         cfg = experiment_config(experiment, args.scale, args.config, overrides)
         recipe = Path(args.config).resolve()
@@ -398,7 +420,12 @@ def cli(experiment: str, argv: list[str] | None = None, repo: Path = Path(".")) 
             cfg = dataclasses.replace(cfg, recipe=str(recipe.relative_to(repo.resolve())))
         out = check_writable(args.out or Path("results") / f"{experiment}-{args.scale}", folder=True)
         t0 = time.time()
-        text = run_experiment(experiment, args.scale, cfg, out, progress=not args.quiet)[2]
+        if shard is not None:
+            cells = run_shard(experiment, args.scale, cfg, out, shard, progress=not args.quiet)
+            print(f"shard {shard[0]}/{shard[1]}: its {cells} cells are in {out} ({time.time() - t0:.0f} s); when every "
+                  f"shard is done, report them with the same command and --merge instead of --shard")
+            return 0
+        text = run_experiment(experiment, args.scale, cfg, out, progress=not args.quiet, merge=args.merge)[2]
         print(text)
         print(f"wrote {out}/results.json, table.md and {experiment}.png ({time.time() - t0:.0f} s)")
         return 0

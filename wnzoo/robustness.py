@@ -7,10 +7,14 @@
 The sweeps train every cell with :func:`wnzoo.training.train` (its data, schedule, warmup and NaN
 check), and the Hessian is taken at the model ``train`` starts from, on the batches it sees first.
 A sweep writes each cell's row to a journal as it finishes; run again, it skips the cells done and
-resumes a cell that was stopped from its last epoch.
+resumes a cell that was stopped from its last epoch. A sweep also splits over machines:
+``shard=(i, n)`` runs every n-th cell from the i-th into a journal of its own (the n shards of an
+array job share the folder), and ``merge=True`` collects the shards' rows (refusing while cells
+are missing) for the report.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -33,9 +37,23 @@ from .training.config import NON_RECIPE_KEYS, TrainConfig
 from .training.loop import DataSource, TrainingDiverged, initial_model, shared_data, train
 
 __all__ = ["hessian_spectral_norm", "hessian_at_init", "hessian_sweep", "train_cell", "depth_sweep", "divergence_grid",
-           "blocks_for_depth", "Journal"]
+           "blocks_for_depth", "Journal", "Shard", "parse_shard"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+Shard = tuple[int, int]  # (i, n): the i-th of n shards, 0 <= i < n
+
+
+def parse_shard(text: str) -> Shard:
+    """``'i/n'`` (e.g. a cluster array job's task index over its size) as ``(i, n)``."""
+    i, _, n = text.partition("/")
+    try:
+        shard = int(i), int(n)
+    except ValueError:
+        shard = (-1, 0)
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"--shard takes i/n with 0 <= i < n (e.g. 0/4 ... 3/4; SLURM: $SLURM_ARRAY_TASK_ID/N), "
+                         f"got {text!r}")
+    return shard
 
 
 # ---- Hessian -------------------------------------------------------------------------------------
@@ -105,9 +123,11 @@ def hessian_at_init(cfg: TrainConfig, batches: int, iters: int, data: DataSource
 
 
 def hessian_sweep(base: TrainConfig, schemes: Sequence[str], seeds: Sequence[int], batches: int, iters: int,
-                  out: str | Path, settings: dict[str, Any] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+                  out: str | Path, settings: dict[str, Any] | None = None, progress: bool = True,
+                  shard: Shard | None = None, merge: bool = False) -> list[dict[str, Any]]:
     """:func:`hessian_at_init` for every scheme × seed; one row per model: ``init, seed``,
-    ``spectral_norm`` and its natural log ``log_norm`` (``None`` if the products overflowed). Resumable in ``out``."""
+    ``spectral_norm`` and its natural log ``log_norm`` (``None`` if the products overflowed).
+    Resumable in ``out``; ``shard`` and ``merge`` as in the module docs."""
     cells = [dict(init=s, seed=k) for s in schemes for k in seeds]
     data = shared_data()
 
@@ -116,8 +136,8 @@ def hessian_sweep(base: TrainConfig, schemes: Sequence[str], seeds: Sequence[int
         finite = math.isfinite(norm) and norm > 0
         return dict(spectral_norm=norm if finite else None, log_norm=math.log(norm) if finite else None)
 
-    with Journal(out, _settings(base, cells, dict(settings or {}, batches=batches, iters=iters))) as journal:
-        return _run_cells(cells, measure, journal, progress)
+    with Journal(out, _settings(base, cells, dict(settings or {}, batches=batches, iters=iters)), shard) as journal:
+        return _run_cells(cells, measure, journal, progress, merge)
 
 
 # ---- sweeps ----------------------------------------------------------------------------------------
@@ -140,44 +160,60 @@ def train_cell(cfg: TrainConfig, folder: str | Path, data: DataSource | None = N
 class Journal:
     """A sweep's folder: ``journal.jsonl`` holds its settings (first line) and one row per finished
     cell, each flushed to disk when written. Unfinished cells train under ``runs/``. The folder is
-    locked while a sweep writes it; one of other settings, or anything else, is never written over."""
+    locked while a sweep writes it; one of other settings, or anything else, is never written over.
+    A shard ``(i, n)`` keeps its rows in ``journal-shard-i-of-n.jsonl`` under a lock of its own."""
 
     FILE, RUNS, LOCK = "journal.jsonl", "runs", ".lock"
 
-    def __init__(self, folder: str | Path, settings: dict[str, Any]) -> None:
-        self.folder, self.settings = Path(folder), json.loads(json.dumps(settings))
-        self.path = self.folder / self.FILE
+    def __init__(self, folder: str | Path, settings: dict[str, Any], shard: Shard | None = None) -> None:
+        self.folder, self.settings, self.shard = Path(folder), json.loads(json.dumps(settings)), shard
+        suffix = f"-shard-{shard[0]}-of-{shard[1]}" if shard else ""
+        self.path = self.folder / f"journal{suffix}.jsonl"
+        self.lock_path = self.folder / f"{self.LOCK}{suffix}"
         self.rows: list[dict[str, Any]] = []
         if self.path.is_file():
-            lines = self._read()
-            if not lines or lines[0].get("settings") != self.settings:
-                raise UserError(f"{self.folder} holds a sweep of other settings; resume it with its own command, or "
-                                f"choose another --out")
-            self.rows = lines[1:]
-        elif self.folder.is_dir() and any(p.name != self.LOCK for p in self.folder.iterdir()):
+            self.rows = self._rows(self.path)
+        elif self.folder.is_dir() and any(not self._ours(p) for p in self.folder.iterdir()):
             raise UserError(f"{self.folder} is not empty and holds no sweep; choose a new --out")
 
-    def _read(self) -> list[dict[str, Any]]:
+    def _ours(self, p: Path) -> bool:
+        """A file a sweep writes: a journal, a lock, the runs folder (also of the other shards)."""
+        return p.name == self.RUNS or p.name.startswith(self.LOCK) or (p.name.startswith("journal")
+                                                                       and p.suffix == ".jsonl")
+
+    def _rows(self, path: Path) -> list[dict[str, Any]]:
+        """A journal's rows, after checking it holds a sweep of these settings."""
+        lines = self._read(path)
+        if not lines or lines[0].get("settings") != self.settings:
+            raise UserError(f"{self.folder} holds a sweep of other settings ({path.name}); resume it with its own "
+                            f"command, or choose another --out")
+        return lines[1:]
+
+    def _read(self, path: Path) -> list[dict[str, Any]]:
         """The journal's lines; a last line cut short (the process was killed while writing it) is dropped."""
-        text = self.path.read_text().splitlines()
+        text = path.read_text().splitlines()
         lines = []
         for n, line in enumerate(text):
             try:
                 lines.append(json.loads(line))
             except json.JSONDecodeError:
                 if n + 1 < len(text):
-                    raise UserError(f"{self.path}, line {n + 1}, is not JSON: the journal was edited; restore it or "
+                    raise UserError(f"{path}, line {n + 1}, is not JSON: the journal was edited; restore it or "
                                     f"choose another --out") from None
         return lines
 
+    def shard_rows(self) -> list[dict[str, Any]]:
+        """The rows of every shard's journal in the folder (the same settings, or an error)."""
+        return [row for p in sorted(self.folder.glob("journal-shard-*-of-*.jsonl")) for row in self._rows(p)]
+
     def __enter__(self) -> "Journal":
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = filelock.FileLock(str(self.folder / self.LOCK), timeout=0)
+        self._lock = filelock.FileLock(str(self.lock_path), timeout=0)
         try:
             self._lock.acquire()
         except filelock.Timeout:
-            raise UserError(f"{self.folder} is being written by another sweep; wait for it or choose another "
-                            f"--out") from None
+            raise UserError(f"{self.folder} is being written by another sweep{' shard' if self.shard else ''}; wait "
+                            f"for it or choose another --out") from None
         if not self.path.is_file():
             self._append({"settings": self.settings})
         return self
@@ -204,10 +240,21 @@ class Journal:
 
 
 def _run_cells(cells: list[dict[str, Any]], measure: Callable[[dict[str, Any]], dict[str, Any]], journal: Journal,
-               progress: bool) -> list[dict[str, Any]]:
+               progress: bool, merge: bool = False) -> list[dict[str, Any]]:
     """``measure`` every cell not yet in the journal, in order, journaling each row (with its seconds);
-    the rows of all cells."""
+    the rows of all cells. A shard's journal takes every n-th cell only, and returns their rows;
+    the main journal first takes the rows the shards finished, and with ``merge`` measures nothing."""
+    if journal.shard is not None:
+        i, n = journal.shard
+        cells = cells[i::n]
+    else:
+        for row in journal.shard_rows():
+            if journal.row({k: row[k] for k in cells[0] if k in row}) is None:
+                journal.add(row)
     todo = [c for c in cells if journal.row(c) is None]
+    if merge and todo:
+        raise UserError(f"{len(todo)} of {len(cells)} cells are in no journal of {journal.folder} (the first: "
+                        f"{todo[0]}); run the shards that hold them (--shard i/n), then merge again")
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not progress, leave=False)
     for cell in todo:
         bar.set_description(" ".join(f"{k}={v}" for k, v in cell.items()))
@@ -229,18 +276,21 @@ def _outcome(row: dict[str, Any]) -> str:
 
 
 def _train_cells(cells: list[dict[str, Any]], make_cfg: Callable[[dict[str, Any]], TrainConfig], journal: Journal,
-                 progress: bool) -> list[dict[str, Any]]:
+                 progress: bool, merge: bool = False) -> list[dict[str, Any]]:
     """:func:`_run_cells` that trains each cell under ``runs/`` (resuming a run a stopped sweep left there)."""
     data, runs = shared_data(), journal.folder / Journal.RUNS
+    folder = lambda cell: runs / "-".join(f"{k}{v}" for k, v in cell.items())  # noqa: E731
 
     def measure(cell: dict[str, Any]) -> dict[str, Any]:
-        folder = runs / "-".join(f"{k}{v}" for k, v in cell.items())
-        row = train_cell(make_cfg(cell), folder, data)
-        shutil.rmtree(folder)
+        row = train_cell(make_cfg(cell), folder(cell), data)
+        shutil.rmtree(folder(cell))
         return row
 
-    rows = _run_cells(cells, measure, journal, progress)
-    shutil.rmtree(runs, ignore_errors=True)  # left by a sweep killed between a row and its folder's removal
+    rows = _run_cells(cells, measure, journal, progress, merge)
+    for row in rows:  # left by a sweep killed between a row and its folder's removal; the other shards' stay
+        shutil.rmtree(folder({k: row[k] for k in cells[0]}), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        runs.rmdir()  # once empty: other shards may still train there
     return rows
 
 
@@ -262,9 +312,11 @@ def blocks_for_depth(model: str, depth: int) -> int:
 
 
 def depth_sweep(base: TrainConfig, depths: Sequence[int], schemes: Sequence[str], seeds: Sequence[int],
-                out: str | Path, settings: dict[str, Any] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+                out: str | Path, settings: dict[str, Any] | None = None, progress: bool = True,
+                shard: Shard | None = None, merge: bool = False) -> list[dict[str, Any]]:
     """Train ``base`` (its budget: epochs, subset, evaluation) at every depth × scheme × seed; one
-    row per run: ``depth, init, seed`` and :func:`train_cell`'s outcome. Resumable in ``out``."""
+    row per run: ``depth, init, seed`` and :func:`train_cell`'s outcome. Resumable in ``out``;
+    ``shard`` and ``merge`` as in the module docs."""
     for d in depths:
         blocks_for_depth(base.model, d)
     cells = [dict(depth=d, init=s, seed=k) for d in depths for s in schemes for k in seeds]
@@ -273,21 +325,21 @@ def depth_sweep(base: TrainConfig, depths: Sequence[int], schemes: Sequence[str]
         args = dict(base.model_args, blocks=blocks_for_depth(base.model, c["depth"]))
         return dataclasses.replace(base, init=c["init"], seed=c["seed"], model_args=args)
 
-    with Journal(out, _settings(base, cells, settings)) as journal:
-        return _train_cells(cells, make, journal, progress)
+    with Journal(out, _settings(base, cells, settings), shard) as journal:
+        return _train_cells(cells, make, journal, progress, merge)
 
 
 def divergence_grid(base: TrainConfig, lrs: Sequence[float], warmups: Sequence[float], schemes: Sequence[str],
                     seeds: Sequence[int], out: str | Path, settings: dict[str, Any] | None = None,
-                    progress: bool = True) -> list[dict[str, Any]]:
+                    progress: bool = True, shard: Shard | None = None, merge: bool = False) -> list[dict[str, Any]]:
     """Train ``base`` for its epochs under every scheme × lr × warmup (epochs; 0: none) × seed; one
     row per run: ``init, lr, warmup_epochs, seed`` and whether it survived (no NaN or inf loss).
-    Resumable in ``out``."""
+    Resumable in ``out``; ``shard`` and ``merge`` as in the module docs."""
     cells = [dict(init=s, lr=lr, warmup_epochs=w, seed=k) for s in schemes for w in warmups for lr in lrs
              for k in seeds]
 
     def make(c: dict[str, Any]) -> TrainConfig:
         return dataclasses.replace(base, **c)
 
-    with Journal(out, _settings(base, cells, settings)) as journal:
-        return _train_cells(cells, make, journal, progress)
+    with Journal(out, _settings(base, cells, settings), shard) as journal:
+        return _train_cells(cells, make, journal, progress, merge)

@@ -51,28 +51,19 @@ class RunState:
     ema: dict[str, torch.Tensor] = field(default_factory=dict)
     data_sha256: str = ""  # of the training split's arrays (wnzoo.data.fingerprint); "" in older states
 
-    @classmethod
-    def capture(cls, model: nn.Module, opt: torch.optim.Optimizer, ema: nn.Module | None, epoch: int,
-                config: dict[str, Any], history: list[dict[str, Any]], data_sha256: str = "") -> "RunState":
-        momentum = {}
-        for name, p in model.named_parameters():
-            buf = opt.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                momentum[name] = buf
-        return cls(epoch, config, list(history), model.state_dict(), momentum,
-                   ema.state_dict() if ema is not None else {}, data_sha256)
-
-    def restore(self, model: nn.Module, opt: torch.optim.Optimizer, ema: nn.Module | None) -> None:
-        model.load_state_dict(self.model)
-        params = dict(model.named_parameters())
-        unknown = set(self.momentum) - set(params)
+    def restore(self, model: nn.Module, ema: nn.Module | None = None) -> None:
+        """Load the weights into ``model`` (and the EMA weights into ``ema``); :attr:`momentum` is
+        the training step's to take, once checked to name parameters of ``model``."""
+        try:
+            model.load_state_dict(self.model)
+            if ema is not None:
+                ema.load_state_dict(self.ema)
+        except RuntimeError as e:
+            raise StateError(f"the state's weights do not fit {type(model).__name__} "
+                             f"({' '.join(str(e).split())[:300]}); it is not a state of this recipe") from None
+        unknown = set(self.momentum) - set(dict(model.named_parameters()))
         if unknown:
             raise StateError(f"the state has momentum for parameters the model lacks: {sorted(unknown)[:3]}")
-        for name, buf in self.momentum.items():
-            # In the parameter's own layout (channels_last): CUDA's fused SGD requires equal strides.
-            opt.state[params[name]]["momentum_buffer"] = torch.empty_like(params[name]).copy_(buf)
-        if ema is not None:
-            ema.load_state_dict(self.ema)
 
     def save(self, path: str | os.PathLike) -> None:
         tensors = {f"{group}.{k}": v for group in ("model", "momentum", "ema") for k, v in getattr(self, group).items()}

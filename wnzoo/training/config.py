@@ -18,7 +18,7 @@ from ..models.resnet import CifarResNet
 from ..registry import did_you_mean, is_zoo_model, list_models, norm_of
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "parse_overrides", "keys_help", "COMPILE_MODES",
-           "NON_RECIPE_KEYS"]
+           "NON_RECIPE_KEYS", "PER_RUN_KEYS", "stack_group", "check_stack"]
 
 # How the training step runs: eagerly, compiled by torch.compile, or compiled and replayed as CUDA
 # graphs (``reduce-overhead``: on a GPU, one launch per forward and per backward instead of thousands).
@@ -57,6 +57,12 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 # how often it logs and evaluates): a resumed run may change them, and a published card's
 # "reproduce" command leaves them out.
 NON_RECIPE_KEYS = ("data", "device", "compile", "log_every", "eval_every", "eval_subset", "recipe", "notes")
+
+# Keys that may differ between the runs of one stack (several runs trained as one model,
+# wnzoo.training.stack): what makes each a run of its own. Every other key must be the same.
+PER_RUN_KEYS = ("seed", "init", "lr", "momentum", "nesterov", "weight_decay", "wd_on_gains_biases_bn",
+                "warmup_epochs", "warmup_lr", "warmup_shape", "schedule", "milestones", "gamma", "epochs",
+                "label_smoothing", "grad_clip", "cutout", "recipe", "notes")
 
 
 # What ``model_args`` may set: the model class's arguments, less those the model name or the recipe sets.
@@ -160,6 +166,29 @@ class TrainConfig:
             f = valid[k]
             out[k] = _coerce(k, v, f.default if f.default is not dataclasses.MISSING else f.default_factory())
         return cls(**out)
+
+
+def stack_group(cfg: TrainConfig) -> str | None:
+    """What the runs of one stack share: configs of equal groups can train as one model. ``None``
+    for a run that cannot share one (stochastic depth, or a pooling that concatenates features)."""
+    args = cfg.model_args
+    if args.get("drop_path_rate") or args.get("global_pool", "avg") not in ("avg", "max", "avgmax"):
+        return None
+    return json.dumps({k: v for k, v in cfg.to_dict().items() if k not in PER_RUN_KEYS}, sort_keys=True)
+
+
+def check_stack(cfgs: list[TrainConfig]) -> None:
+    """Refuse runs that cannot train as one stacked model, naming the key that differs."""
+    if stack_group(cfgs[0]) is None:
+        raise ConfigError("runs with drop_path_rate > 0, or a global_pool that concatenates features, cannot share a "
+                          "stack; train them one at a time")
+    first = cfgs[0].to_dict()
+    for cfg in cfgs[1:]:
+        diff = [k for k, v in cfg.to_dict().items() if k not in PER_RUN_KEYS and v != first[k]]
+        if diff:
+            raise ConfigError(f"runs of one stack must share {', '.join(diff)} ({diff[0]}: {first[diff[0]]!r} vs "
+                              f"{getattr(cfg, diff[0])!r}); only {', '.join(PER_RUN_KEYS)} may differ. Train them "
+                              f"separately")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

@@ -1,13 +1,19 @@
-"""Time-boxed training jobs: a queue of recipes trained on one machine within a wall-clock budget.
+"""Time-boxed training jobs: a queue of recipes trained on the machines' devices within a wall-clock budget.
 
 For machines held for a fixed time: spot or preemptible instances, cluster jobs with a time
-limit, a GPU lent for a few minutes. ``run_queue`` trains each recipe into ``out/<recipe name>``
-as a separate process (several at once with ``parallel``), each stopping cleanly after the last
-epoch that fits in the budget. Each run writes only its state file (13.3 MiB for ResNet-110) after
-every epoch, so a job killed at any moment loses at most the epoch in progress of each run, and
-the output folder stays small enough to copy off the machine. The next job, with the same ``out``
-folder, resumes every run where it stopped and skips the finished ones; ``python train/train.py
---export out/NAME`` then writes the weights, metrics and curves of a run on any machine.
+limit, a GPU lent for a few minutes. ``run_queue`` trains each recipe into ``out/<recipe name>``.
+Recipes of one architecture that differ only in what makes each a run of its own (seed, init,
+learning rate, schedule, …) train as one stacked model (:mod:`wnzoo.training.stack`), up to
+``stack`` runs at a time: a GPU that waits on the small kernels of one CIFAR model gets wider
+ones. Each stack (or lone run) is a process of its own, placed on the
+next free device of ``devices`` (``parallel`` processes per device), and stops cleanly after the
+last epoch that fits in the budget. Each run writes only its state file (13.3 MiB for
+ResNet-110) after every epoch, so a job killed at any moment loses at most the epoch in progress,
+and the output folder stays small enough to copy off the machine; the compiler's cache is kept
+beside the states (``out/compile-cache/``), so the next job on a fresh machine does not compile
+from scratch. The next job, with the same ``out`` folder, resumes every run where it stopped and
+skips the finished ones; ``python train/train.py --export out/NAME`` then writes the weights,
+metrics and curves of a run on any machine.
 """
 from __future__ import annotations
 
@@ -25,9 +31,11 @@ from typing import IO, Callable, Iterator, Sequence
 
 from .._cli import BAD_INPUT, DIVERGED, OK
 from .checkpoint import RunFolder
-from .config import ConfigError, TrainConfig, load_config
+from .config import ConfigError, TrainConfig, load_config, stack_group
+from .loop import epoch_share
 
-__all__ = ["QueuedRun", "run_queue", "format_job", "results_rows", "exit_code", "RESULTS_HEADER"]
+__all__ = ["QueuedRun", "run_queue", "format_job", "results_rows", "exit_code", "RESULTS_HEADER", "plan_stacks",
+           "parse_devices", "default_stack", "MAX_STACK"]
 
 # Seconds a run may overrun the budget before it is stopped: its last epoch may run over the
 # estimate (its first epoch includes compiling), and a stopped run loses that epoch.
@@ -36,6 +44,8 @@ DEFAULT_GRACE_S = 45.0
 # (and graph capture), and an epoch cut off by the budget is lost.
 MIN_START_S = 60.0
 JOB_LOG = "job.log"  # in the job's output folder, beside the run folders
+COMPILE_CACHE = "compile-cache"  # a folder there: one file of the compiler's cache per stack
+MAX_STACK = 8  # runs per stack by default on a GPU; on a CPU, grouped convolutions are slower (1 by default)
 
 
 @dataclass
@@ -51,11 +61,6 @@ class QueuedRun:
     status: str = "queued"  # queued, finished, paused, diverged, stopped, failed, not started
     returncode: int | None = None
 
-    @property
-    def cmd_args(self) -> list[str]:
-        return ["-c", str(self.config_path), "--out", str(self.folder.path), "--state-only", "-q"] + (
-            ["--resume"] if self.epochs_before else [])
-
 
 def _prepare(configs: Sequence[str | os.PathLike], out: Path, overrides: Sequence[str]) -> list[QueuedRun]:
     """Every recipe validated, and every existing state read, before anything is started."""
@@ -69,8 +74,68 @@ def _prepare(configs: Sequence[str | os.PathLike], out: Path, overrides: Sequenc
         run.epochs_before = run.epochs_after = run.folder.epochs_done()
         if run.epochs_before >= cfg.epochs:
             run.status = "finished"
+        elif _diverged(run):  # it would diverge again at the same step: its recipe must change first
+            run.status = "diverged"
         runs.append(run)
     return runs
+
+
+def _diverged(run: QueuedRun) -> bool:
+    """Whether the run's folder says it diverged (a state-only run writes a summary only then)."""
+    try:
+        return (run.folder / RunFolder.SUMMARY).is_file() and run.folder.read_summary().get("status") == "diverged"
+    except ValueError:
+        return False
+
+
+def plan_stacks(runs: Sequence[QueuedRun], size: int = MAX_STACK) -> list[list[QueuedRun]]:
+    """The queued runs as the processes that train them, in queue order: runs that can share a stack
+    (:func:`~wnzoo.training.config.stack_group`) in stacks of at most ``size``, the others alone."""
+    units: list[list[QueuedRun]] = []
+    open_stacks: dict[str, list[QueuedRun]] = {}
+    for run in runs:
+        if run.status != "queued":
+            continue
+        group = stack_group(run.config) if size > 1 else None
+        unit = open_stacks.get(group) if group is not None else None
+        if unit is None or len(unit) >= size:
+            unit = []
+            units.append(unit)
+            if group is not None:
+                open_stacks[group] = unit
+        unit.append(run)
+    return units
+
+
+def default_stack(runs: Sequence[QueuedRun], devices: Sequence[str | None]) -> int:
+    """Runs per stack when the job does not say: :data:`MAX_STACK` when the job trains on GPUs, 1
+    on a CPU, where a stack trains slower than its runs one by one (``benchmarks/cpu_results.md``)."""
+    import torch
+
+    if any(d is not None for d in devices):
+        on_gpu = all(d is not None and d.startswith("cuda") for d in devices)
+    else:
+        on_gpu = all(r.config.device == "cuda" or (r.config.device == "auto" and torch.cuda.is_available())
+                     for r in runs)
+    return MAX_STACK if on_gpu else 1
+
+
+def parse_devices(text: str | None) -> list[str | None]:
+    """``--devices cuda:0,cuda:1`` (or ``cpu``; a device may repeat) as a list; ``None``: the
+    runs' own ``device`` key, and the machine's default GPU."""
+    if text is None:
+        return [None]
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    for d in devices:
+        if not (d == "cpu" or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise ConfigError(f"--devices takes cpu or cuda:N, comma-separated (e.g. cuda:0,cuda:1), got {d!r}")
+    if not devices:
+        raise ConfigError("--devices is empty; name at least one device, e.g. cuda:0")
+    return devices
+
+
+def _unit_name(unit: Sequence[QueuedRun]) -> str:
+    return unit[0].name if len(unit) == 1 else f"{unit[0].name}+{len(unit) - 1}"
 
 
 def _pump(stream: IO[str], prefix: str, sinks: list[IO[str]], lock: threading.Lock) -> None:
@@ -126,14 +191,16 @@ def _on_termination(handler: Callable | int) -> Iterator[None]:
 
 
 class _Job:
-    """The processes of one job: starting runs, collecting their exits, stopping them at the deadline."""
+    """The processes of one job: starting stacks on free devices, collecting their exits, stopping them
+    at the deadline."""
 
-    def __init__(self, runs: list[QueuedRun], deadline: float, overrides: Sequence[str], sinks: list[IO[str]]) -> None:
-        self.runs, self.deadline, self.overrides, self.sinks = runs, deadline, list(overrides), sinks
-        self.queue = [r for r in runs if r.status == "queued"]
-        self.procs: dict[str, subprocess.Popen] = {}
+    def __init__(self, units: list[list[QueuedRun]], deadline: float, overrides: Sequence[str],
+                 sinks: list[IO[str]], slots: list[str | None], cache: Path) -> None:
+        self.deadline, self.overrides, self.sinks, self.cache = deadline, list(overrides), sinks, cache
+        self.queue = list(units)
+        self.free = list(slots)  # one entry per process that may run: its device (None: the runs' own)
+        self.procs: dict[str, tuple[subprocess.Popen, list[QueuedRun], str | None]] = {}
         self.pumps: list[threading.Thread] = []
-        self.by_name = {r.name: r for r in runs}
         self.lock = threading.Lock()
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         root = str(Path(__file__).resolve().parents[2])  # the children import this very wnzoo
@@ -144,40 +211,63 @@ class _Job:
             for sink in self.sinks:
                 sink.write(text + "\n")
 
-    def start(self, run: QueuedRun, left: float) -> None:
-        cmd = [sys.executable, "-m", "wnzoo.training.cli", *run.cmd_args, "--until", f"{self.deadline:.3f}",
-               *(["--set", *self.overrides] if self.overrides else [])]
-        self.say(f"[job] start {run.name} at epoch {run.epochs_before}/{run.config.epochs}, {left / 60:.1f} min left")
-        p = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    def _env(self, device: str | None) -> dict[str, str]:
+        """The child's environment: a GPU of the job is the only one it sees (as ``cuda``)."""
+        if device is None or device == "cpu":
+            return self.env
+        visible = [v for v in self.env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        index = int(device.split(":")[1])
+        return dict(self.env, CUDA_VISIBLE_DEVICES=visible[index] if index < len(visible) else str(index))
+
+    def start(self, unit: list[QueuedRun], left: float) -> None:
+        device = self.free.pop(0)
+        name = _unit_name(unit)
+        sets = self.overrides + ([f"device={'cpu' if device == 'cpu' else 'cuda'}"] if device else [])
+        cmd = [sys.executable, "-m", "wnzoo.training.cli", "-c", *(str(r.config_path) for r in unit),
+               "--out", *(str(r.folder.path) for r in unit), "--state-only", "-q", "--until", f"{self.deadline:.3f}",
+               "--compile-cache", str(self.cache / f"{unit[0].name}.bin")]
+        if any(r.epochs_before for r in unit):
+            cmd.append("--resume")  # each run with a state continues, the others start
+        if sets:
+            cmd += ["--set", *sets]
+        where = f" on {device}" if device else ""
+        what = ", ".join(f"{r.name} at epoch {r.epochs_before}/{r.config.epochs}" for r in unit)
+        self.say(f"[job] start {f'a stack of {len(unit)}: ' if len(unit) > 1 else ''}{what}{where}, "
+                 f"{left / 60:.1f} min left")
+        p = subprocess.Popen(cmd, env=self._env(device), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              errors="replace", start_new_session=True)
-        self.procs[run.name] = p
-        self.pumps.append(threading.Thread(target=_pump, args=(p.stdout, run.name, self.sinks, self.lock), daemon=True))
+        self.procs[name] = (p, unit, device)
+        self.pumps.append(threading.Thread(target=_pump, args=(p.stdout, name, self.sinks, self.lock), daemon=True))
         self.pumps[-1].start()
 
     def reap(self) -> None:
-        for name, p in list(self.procs.items()):
+        for name, (p, unit, device) in list(self.procs.items()):
             if p.poll() is not None:
-                self.by_name[name].returncode = p.returncode
+                for run in unit:
+                    run.returncode = p.returncode
+                self.free.append(device)
                 del self.procs[name]
 
     def stop_all(self, grace_s: float) -> None:
         """Stop the runs still going ``grace_s`` after the deadline; their last complete epoch is kept."""
         self.say(f"[job] budget over by {grace_s:.0f} s: stopping {sorted(self.procs)}")
-        for name, p in self.procs.items():
+        for p, unit, _ in self.procs.values():
             if p.poll() is None:
-                self.by_name[name].status = "stopped"
-        _stop(self.procs)
-        for name, p in self.procs.items():
-            self.by_name[name].returncode = p.returncode
+                for run in unit:
+                    run.status = "stopped"
+        _stop({name: p for name, (p, _, _) in self.procs.items()})
+        for p, unit, _ in self.procs.values():
+            for run in unit:
+                run.returncode = p.returncode
         self.procs.clear()
 
-    def run(self, parallel: int, grace_s: float, min_start_s: float) -> None:
+    def run(self, grace_s: float, min_start_s: float) -> None:
         try:
             with _on_termination(_interrupt):  # SIGTERM, SIGHUP: as Ctrl-C
                 while self.queue or self.procs:
                     self.reap()
                     left = self.deadline - time.time()
-                    while self.queue and len(self.procs) < parallel and left > min_start_s:
+                    while self.queue and self.free and left > min_start_s:
                         self.start(self.queue.pop(0), left)
                     if self.queue and not self.procs and left <= min_start_s:
                         break
@@ -186,7 +276,7 @@ class _Job:
                     time.sleep(0.2)
         except BaseException:  # Ctrl-C, a signal, or a run that cannot start: no run is left behind
             with _on_termination(signal.SIG_IGN):  # a second signal must not cut the stopping short
-                _stop(self.procs)
+                _stop({name: p for name, (p, _, _) in self.procs.items()})
             raise
         finally:
             for t in self.pumps:
@@ -195,27 +285,40 @@ class _Job:
 
 def run_queue(configs: Sequence[str | os.PathLike], out: str | os.PathLike, minutes: float, *, parallel: int = 1,
               overrides: Sequence[str] = (), log: str | os.PathLike | None = None,
-              grace_s: float = DEFAULT_GRACE_S, min_start_s: float = MIN_START_S,
-              echo: IO[str] | None = sys.stdout) -> list[QueuedRun]:
+              grace_s: float = DEFAULT_GRACE_S, min_start_s: float = MIN_START_S, stack: int | None = None,
+              devices: Sequence[str | None] = (None,), echo: IO[str] | None = sys.stdout) -> list[QueuedRun]:
     """Train ``configs`` (recipe files) into ``out/<recipe name>`` within ``minutes`` of wall clock.
 
-    Up to ``parallel`` runs train at once; each gets the time left when it starts. ``overrides``
-    (``key=value``) apply to every recipe. Every run's output goes, prefixed by its name, to
-    ``log`` (default ``out/job.log``) and to ``echo``. A run still going ``grace_s`` after the
-    budget is stopped (its last complete epoch is kept); none starts with under ``min_start_s``
-    left. Returns the runs, with their status.
+    Runs that can share a stack train as one, at most ``stack`` per stack (1: every run alone;
+    ``None``: :func:`default_stack`).
+    Each stack or lone run is a process, started on the next free device of ``devices``
+    (``'cuda:N'`` or ``'cpu'``; ``None``: the runs' own ``device`` key), with up to ``parallel``
+    processes per device; each gets the time left when it starts. ``overrides`` (``key=value``)
+    apply to every recipe. Every process's output goes, prefixed by its name, to ``log`` (default
+    ``out/job.log``) and to ``echo``. A run still going ``grace_s`` after the budget is stopped
+    (its last complete epoch is kept); none starts with under ``min_start_s`` left. Returns the
+    runs, with their status.
     """
     if not minutes > 0:
         raise ConfigError(f"--time-limit must be a positive number of minutes, got {minutes!r}")
     if parallel < 1:
         raise ConfigError(f"--parallel must be at least 1, got {parallel!r}")
+    if stack is not None and stack < 1:
+        raise ConfigError(f"--stack must be at least 1 (1: every run alone), got {stack!r}")
     t_start = time.time()
     out = Path(out)
     runs = _prepare(configs, out, overrides)
+    units = plan_stacks(runs, default_stack(runs, devices) if stack is None else stack)
     out.mkdir(parents=True, exist_ok=True)
+    (out / COMPILE_CACHE).mkdir(exist_ok=True)
     with open(log or out / JOB_LOG, "a", buffering=1) as log_file:
-        job = _Job(runs, t_start + minutes * 60, overrides, [log_file] + ([echo] if echo is not None else []))
-        job.run(parallel, grace_s, min_start_s)
+        job = _Job(units, t_start + minutes * 60, overrides, [log_file] + ([echo] if echo is not None else []),
+                   [d for d in devices for _ in range(parallel)], out / COMPILE_CACHE)
+        for run in runs:
+            if run.status == "diverged":
+                job.say(f"[job] skip {run.name}: it diverged (see {run.folder / RunFolder.SUMMARY}); change its "
+                        f"recipe and train it into a new folder")
+        job.run(grace_s, min_start_s)
         for run in runs:
             _settle(run)
         job.say(format_job(runs, time.time() - t_start))
@@ -223,20 +326,19 @@ def run_queue(configs: Sequence[str | os.PathLike], out: str | os.PathLike, minu
 
 
 def _settle(run: QueuedRun) -> None:
-    """The run's status from its exit code and its state file."""
+    """The run's status from its exit code and its folder."""
     try:
         run.epochs_after = run.folder.epochs_done()
     except ValueError:
         run.epochs_after = run.epochs_before
-    if run.status == "finished" and run.returncode is None:
-        return  # finished before this job
     if run.returncode is None:
-        run.status = "not started"
-    elif run.returncode == 3:
+        if run.status not in ("finished", "diverged"):  # else: so before this job
+            run.status = "not started"
+    elif _diverged(run):
         run.status = "diverged"
     elif run.status == "stopped" and run.returncode != 0:
         pass
-    elif run.returncode == 0:
+    elif run.returncode in (0, DIVERGED):  # DIVERGED: another run of its stack diverged
         run.status = "finished" if run.epochs_after >= run.config.epochs else "paused"
     else:
         run.status = "failed"
@@ -258,10 +360,10 @@ def exit_code(runs: Sequence[QueuedRun]) -> int:
 
 
 def results_rows(runs: Sequence[QueuedRun]) -> list[str]:
-    """Markdown table rows: what each run trained in this job, its seconds per epoch and its minutes.
-
-    The first epoch after a start includes compiling; the median of the others is the steady speed.
-    """
+    """Markdown table rows: what each run trained in this job, in a stack of how many, with which
+    step (the compile mode in effect, and whether CUDA graphs were skipped), its seconds per epoch
+    and its minutes. The first epoch after a start includes compiling; the median of the others is
+    the steady speed. The minutes are the run's share: the runs of a stack split its epochs' time."""
     rows = []
     for r in runs:
         if not r.folder.has_state() or r.epochs_after <= r.epochs_before:
@@ -269,13 +371,14 @@ def results_rows(runs: Sequence[QueuedRun]) -> list[str]:
         history = r.folder.read_state(tensors=False).history
         new = [h for h in history if h["epoch"] > r.epochs_before]
         steady = [h["epoch_time_s"] for h in new[1:]] or [new[0]["epoch_time_s"]]
-        total = sum(h["epoch_time_s"] for h in history) / 60
-        rows.append(f"| {new[-1].get('device', '?')} | {r.name} | {r.epochs_before} → {r.epochs_after} of "
-                    f"{r.config.epochs} | {new[0]['epoch_time_s']:.1f} | {statistics.median(steady):.1f} | "
-                    f"{statistics.median(h['img_per_s'] for h in new[1:] or new):,.0f} | "
-                    f"{sum(h['epoch_time_s'] for h in new) / 60:.1f} | {total:.1f} |")
+        total = sum(map(epoch_share, history)) / 60
+        last, img_s = new[-1], statistics.median(h["img_per_s"] for h in new[1:] or new)
+        rows.append(f"| {last.get('device', '?')} | {r.name} | {last.get('stack', 1)} | {last.get('step', '?')} | "
+                    f"{r.epochs_before} → {r.epochs_after} of {r.config.epochs} | {new[0]['epoch_time_s']:.1f} | "
+                    f"{statistics.median(steady):.1f} | {img_s:,.0f} | "
+                    f"{sum(map(epoch_share, new)) / 60:.1f} | {total:.1f} |")
     return rows
 
 
-RESULTS_HEADER = ("| card | run | epochs | first epoch s | s/epoch (median) | img/s | minutes (this job) | "
-                  "minutes (run total) |\n|---|---|---|---|---|---|---|---|")
+RESULTS_HEADER = ("| card | run | stack | step | epochs | first epoch s | s/epoch (median) | img/s (this run) | "
+                  "minutes (this job) | minutes (run total) |\n|---|---|---|---|---|---|---|---|---|---|")
