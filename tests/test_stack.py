@@ -14,6 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -279,12 +282,10 @@ def test_a_run_that_diverges_leaves_the_stack_and_the_others_finish(tiny_data, t
 
 # ---- the compiled step ----------------------------------------------------------------------------------
 
-@pytest.mark.slow  # compiling on the CPU: 60 s
-def test_the_compiled_step_is_one_graph_and_computes_the_eager_step():
-    """Forward, backward and the SGD update of a stack in one graph (one CUDA graph replay on a GPU),
-    equal to the eager step (in float64, where kernel summation order does not show)."""
+def _compiled_against_eager() -> dict:
+    """A stack's steps compiled and eager, in float64: the compiler's graph count and breaks, and the
+    largest relative difference of losses, weights and momentum."""
     torch.set_num_threads(2)
-    torch._dynamo.reset()
     cfgs = _runs("bn_resnet20", model_args={"blocks": 1, "widths": [8, 16, 32]})
     data = _data(cfgs)
     steps = {}
@@ -293,10 +294,23 @@ def test_the_compiled_step_is_one_graph_and_computes_the_eager_step():
         step = TrainStep(stack_models(models), [_optim(m, c) for m, c in zip(models, cfgs)], compile=mode)
         losses = [_step(step, [d[i] for d in data], [c.lr for c in cfgs])[0] for i in range(4)]
         steps[mode] = (step, torch.stack(losses))
+    (compiled, lc), (eager, le) = steps["default"], steps["none"]
     counters = torch._dynamo.utils.counters
-    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"], dict(counters["graph_break"])
-    assert steps["default"][0].used == "default"
-    torch.testing.assert_close(steps["default"][1], steps["none"][1], rtol=1e-10, atol=0)
-    for k in range(3):
-        (wa, ma), (wb, mb) = (_run_state(s, k) for s, _ in (steps["default"], steps["none"]))
-        assert _rel(wa, wb) < 1e-10 and _rel(ma, mb) < 1e-10
+    return dict(graphs=counters["stats"]["unique_graphs"], breaks=dict(counters["graph_break"]), used=compiled.used,
+                losses=((lc - le).abs() / le.abs()).max().item(),
+                weights=max(_rel(_run_state(compiled, k)[0], _run_state(eager, k)[0]) for k in range(3)),
+                momentum=max(_rel(_run_state(compiled, k)[1], _run_state(eager, k)[1]) for k in range(3)))
+
+
+@pytest.mark.slow  # compiling on the CPU: 60 s
+def test_the_compiled_step_is_one_graph_and_computes_the_eager_step():
+    """Forward, backward and the SGD update of a stack in one graph (one CUDA graph replay on a GPU),
+    equal to the eager step (in float64, where kernel summation order does not show). In a process
+    of its own: what the compiler leaves behind must not reach the other tests (TorchScript)."""
+    code = "import json, test_stack; print('RESULT', json.dumps(test_stack._compiled_against_eager()))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    assert res["graphs"] == 1 and not res["breaks"] and res["used"] == "default", res
+    assert res["losses"] < 1e-10 and res["weights"] < 1e-10 and res["momentum"] < 1e-10, res
