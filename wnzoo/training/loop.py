@@ -216,11 +216,14 @@ def _member(cfg: TrainConfig, folder: RunFolder | None, state: RunState | None, 
 
 
 def _build(cfgs: Sequence[TrainConfig], folders: Sequence[RunFolder | None], states: Sequence[RunState | None],
-           load_data: DataSource) -> _Stack:
+           load_data: DataSource, compile_cache: str | os.PathLike | None = None) -> _Stack:
     """The runs of a stack (not yet assembled), on the device the first config names. The data is
-    loaded once: each run draws its own epochs from it (its seed and cutout)."""
+    loaded once: each run draws its own epochs from it (its seed and cutout). A compiled step
+    primes the compiler's caches from ``compile_cache`` first."""
     if len(cfgs) > 1:
         check_stack(list(cfgs))
+    if compile_cache is not None and cfgs[0].compile != "none":
+        load_compile_cache(compile_cache)
     rank, world, device = _setup_device(cfgs[0])
     if world > 1 and len(cfgs) > 1:
         raise ConfigError("a stack of runs trains in one process; with torchrun, train one run")
@@ -258,12 +261,13 @@ def _sync(stack: _Stack) -> None:
     """Each member's model, momentum and EMA weights, from the stack (views where they can be)."""
     stacked, step = stack.stacked, stack.step
     tensors = stacked.module.state_dict()
+    ema = step.ema.module.state_dict() if step.ema is not None else None
     for k, m in enumerate(stack.members):
         if stacked.n > 1:
             m.model.load_state_dict(stacked.member(tensors, k))
         m.momentum = stacked.member(step.momentum, k)
-        if step.ema is not None:
-            m.ema = stacked.member(step.ema.module.state_dict(), k)
+        if ema is not None:
+            m.ema = stacked.member(ema, k)
         m.step_used = step.used
 
 
@@ -333,7 +337,7 @@ def _train_epoch(stack: _Stack, progress: bool = False) -> dict[int, dict[str, A
     checked = 0
     for i in range(steps):
         parts = [next(b) for b in batches]
-        x, y = stack.stacked.inputs([p[0] for p in parts]), torch.stack([p[1] for p in parts], 1)
+        x, y = stack.stacked.inputs([p[0] for p in parts]), stack.stacked.labels([p[1] for p in parts])
         loss, right = stack.step(x, y, lrs[i])
         losses[i] = loss
         correct += right
@@ -561,10 +565,8 @@ def train_stack(cfgs: Sequence[TrainConfig], out_dirs: Sequence[str | os.PathLik
             results[i] = written if written.get("status") == "finished" else _summary(
                 state.config, state.history, dict(status="finished"))
         if todo:
-            if compile_cache is not None and cfgs[todo[0]].compile != "none":
-                load_compile_cache(compile_cache)
             stack = _build([cfgs[i] for i in todo], [folders[i] for i in todo], [states[i] for i in todo],
-                             data or _load_data)
+                           data or _load_data, compile_cache)
             _assemble(stack)
             for i, s in zip(todo, _train(stack, t_start, time_limit_s, progress, export, log_epochs, compile_cache)):
                 results[i] = s
@@ -673,10 +675,8 @@ def throughput(cfg: TrainConfig, seconds: float = 5.0, warmup_steps: int = 5, im
         return RunData(DeviceData.from_arrays(pixels, labels, cfg.dataset, device, seed=cfg.seed, cutout=cfg.cutout,
                                               channels_last=cfg.channels_last), None, None, "")
 
-    if compile_cache is not None and cfg.compile != "none":
-        load_compile_cache(compile_cache)
     run = _build([dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(stack)], [None] * stack,
-                   [None] * stack, random_data)
+                 [None] * stack, random_data, compile_cache)
     _assemble(run)
     device = run.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -687,7 +687,7 @@ def throughput(cfg: TrainConfig, seconds: float = 5.0, warmup_steps: int = 5, im
         done = 0
         while done < n:
             for parts in zip(*(m.data.train.batches(epoch, cfg.batch_size, train=True) for m in run.members)):
-                run.step(run.stacked.inputs([x for x, _ in parts]), torch.stack([y for _, y in parts], 1), lr)
+                run.step(run.stacked.inputs([x for x, _ in parts]), run.stacked.labels([y for _, y in parts]), lr)
                 done += 1
                 if done == n:
                     break

@@ -107,6 +107,10 @@ class Stacked:
         """The runs' image batches side by side in channels: run k's fill channel group k."""
         return xs[0] if self.n == 1 else torch.cat(list(xs), dim=1)  # keeps channels_last
 
+    def labels(self, ys: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The runs' label batches as ``(B, n)``: column k is run k's (a view for one run)."""
+        return ys[0].unsqueeze(1) if self.n == 1 else torch.stack(list(ys), dim=1)
+
 
 def stack_models(models: Sequence[nn.Module]) -> Stacked:
     """One model computing ``models`` (same architecture, any weights) side by side; their

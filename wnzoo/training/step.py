@@ -50,8 +50,8 @@ class TrainStep:
     """``step(x, y, lr)`` → ``(loss, correct)``, one value per run, after one SGD update of every run.
 
     ``x`` is the runs' batches side by side (:meth:`Stacked.inputs`), ``y`` their labels ``(B, n)``
-    and ``lr`` their learning rates ``(n,)``, on the model's device. ``momentum`` holds stacked SGD
-    momentum buffers by parameter name (missing ones start at zero, which is ``torch.optim.SGD``'s
+    and ``lr`` their learning rates ``(n,)``, on the model's device. ``momentum`` holds a stacked SGD
+    momentum buffer for every parameter name (``None``: all zero, which is ``torch.optim.SGD``'s
     first step). ``ema`` is a timm ``ModelEmaV3`` of ``stacked.module`` or ``None``. With
     ``world > 1`` processes (torchrun) the gradients are averaged over them before the update.
     """
@@ -64,8 +64,8 @@ class TrainStep:
         self.autocast = autocast
         self.params: Tensors = {k: p.detach() for k, p in self.module.named_parameters()}
         self.buffers: Tensors = dict(self.module.named_buffers())
-        self.momentum: Tensors = {k: torch.empty_like(p).copy_(momentum[k]) if momentum and k in momentum
-                                  else torch.zeros_like(p) for k, p in self.params.items()}
+        self.momentum: Tensors = {k: torch.zeros_like(p) if momentum is None else torch.empty_like(p).copy_(momentum[k])
+                                  for k, p in self.params.items()}
         dev = next(iter(self.params.values())).device
 
         def per_run(values: Sequence[float], dtype=torch.float32) -> torch.Tensor:

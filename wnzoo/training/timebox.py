@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator, Sequence
 
+import torch
+
 from .._cli import BAD_INPUT, DIVERGED, OK
 from .checkpoint import RunFolder
 from .config import ConfigError, TrainConfig, load_config, stack_group
@@ -110,8 +112,6 @@ def plan_stacks(runs: Sequence[QueuedRun], size: int = MAX_STACK) -> list[list[Q
 def default_stack(runs: Sequence[QueuedRun], devices: Sequence[str | None]) -> int:
     """Runs per stack when the job does not say: :data:`MAX_STACK` when the job trains on GPUs, 1
     on a CPU, where a stack trains slower than its runs one by one (``benchmarks/cpu_results.md``)."""
-    import torch
-
     if any(d is not None for d in devices):
         on_gpu = all(d is not None and d.startswith("cuda") for d in devices)
     else:
