@@ -13,11 +13,19 @@ that cannot be evaluated (its weights or data missing) exits 2, after the other 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
-from wnzoo._cli import EXIT_CODES, run
-from wnzoo._io import check_writable, write_json
-from wnzoo.evaluation import exit_code, format_paper_table, format_table, problems, reproduction_table
+if __name__ == "__main__":  # from the first line, a scheduler's stop is a Ctrl-C (wnzoo._cli.run takes over
+    for _signum in (signal.SIGTERM, signal.SIGHUP):  # after the imports; one while they load ends quietly)
+        signal.signal(_signum, signal.default_int_handler)
+try:
+    from wnzoo._cli import EXIT_CODES, leave, run
+    from wnzoo._io import check_writable, write_json
+    from wnzoo.evaluation import exit_code, format_paper_table, format_table, problems, reproduction_table
+except KeyboardInterrupt:
+    print("\ninterrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--compile", action="store_true", help="torch.compile the fused model")
-    ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON (a new file, unless --force)")
+    ap.add_argument("--force", action="store_true", help="replace the --json file if it exists")
     ap.add_argument("--paper", action="store_true", help="also print the paper's Table 1 beside our numbers")
     args = ap.parse_args(argv)
     if args.batch_size < 1:
@@ -42,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
-        check_writable(args.json)  # now, not after the whole evaluation
+        check_writable(args.json, overwrite=args.force)  # now, not after the whole evaluation
     rows = reproduction_table(args.model, args.checkpoint, args.data, args.device, args.batch_size,
                               args.compile, progress=True)
     if rows:
@@ -60,4 +69,4 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -6,18 +6,29 @@
 
 Without --push the variant is pinned to a deterministic local commit of its folder and served from the
 release copy hub/<arch>.<tag>/; --push uploads it to HF_ENDPOINT (needs a write token: HF_TOKEN or
-`hf auth login`) and pins the Hub's commit. A published variant is replaced only with --replace.
+`hf auth login`; checked, with the endpoint, before anything is built) and pins the Hub's commit. A published
+variant is replaced only with --replace. Recording a variant is one transaction: a publish interrupted (Ctrl-C,
+a kill) is finished or undone by the next publish or load of pretrained weights, and the old variant loads
+until the new one is recorded.
 
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
-from wnzoo._cli import EXIT_CODES, run
-from wnzoo._datasets import TAG_DATASET
-from wnzoo.publish import publish, write_zoo_card
+if __name__ == "__main__":  # from the first line, a scheduler's stop is a Ctrl-C (wnzoo._cli.run takes over
+    for _signum in (signal.SIGTERM, signal.SIGHUP):  # after the imports; one while they load ends quietly)
+        signal.signal(_signum, signal.default_int_handler)
+try:
+    from wnzoo._cli import EXIT_CODES, leave, run
+    from wnzoo._datasets import TAG_DATASET
+    from wnzoo.publish import publish, write_zoo_card
+except KeyboardInterrupt:
+    print("\ninterrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.model_card and not args.run_dir:
         ap.error("RUN_DIR is required (or --model-card)")
-    return run(lambda: _publish(args))
+    if args.model_card and (args.run_dir or args.dry_run or args.out or args.push or args.replace):
+        ap.error("--model-card only regenerates MODEL_CARD.md; give it alone")
+    if args.dry_run and (args.push or args.replace):
+        ap.error("--dry-run builds and verifies the folder only: it neither pushes nor replaces; drop --push/--replace")
+    if args.out and not args.dry_run:
+        ap.error("--out is where --dry-run builds the folder; a publish keeps its release copy in hub/")
+    return run(lambda: _publish(args), _after)
+
+
+def _after(e: BaseException) -> str | None:
+    if isinstance(e, KeyboardInterrupt):
+        return ("a publish cut short is finished or undone by the next publish or load of pretrained weights; run "
+                "the same command again to publish")
+    return None
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -52,4 +76,4 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -58,6 +58,32 @@ def test_a_damaged_records_file_names_itself_and_the_fix(tmp_path):
         published.load(path)
 
 
+@pytest.mark.parametrize("damage", [5, None, [], {"params": "many"}, {"metrics": {"top5": 99.0}},
+                                    {"pushed": "yes"}, {"revision": 7}])
+def test_a_record_of_the_wrong_shape_is_the_same_one_line_error(damage, tmp_path, monkeypatch):
+    """Not a TypeError from inside the loader: that would break ``import wnzoo`` itself."""
+    from wnzoo import create_model, hub
+
+    path = tmp_path / "published.json"
+    entry = {**_record().to_dict(), **damage} if isinstance(damage, dict) else damage
+    path.write_text(json.dumps({"wn_resnet20.c10": entry}))
+    with pytest.raises(ValueError, match=r"published.json is not a valid list of published variants \(a published "
+                                         r"record (is|has values of the wrong type).*git checkout -- published.json"):
+        published.load(path)
+    monkeypatch.setattr(published, "PUBLISHED_JSON", path)
+    published.variants.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="published.json is not a valid .*no pretrained weights are available"):
+            assert hub.published_cfg("wn_resnet20.c10") == {}  # what registration (import wnzoo) calls
+        with pytest.raises(ValueError, match="published.json is not a valid .*git checkout"):
+            create_model("wn_resnet20.c10", pretrained=True)
+    finally:
+        published.variants.cache_clear()
+    path.write_text(json.dumps([entry]))  # not an object of records at all
+    with pytest.raises(ValueError, match="published.json is not a valid list of published variants"):
+        published.load(path)
+
+
 def test_the_package_records_are_read_once_and_refreshed_on_save(tmp_path, monkeypatch):
     path = tmp_path / "published.json"
     monkeypatch.setattr(published, "PUBLISHED_JSON", path)

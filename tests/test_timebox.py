@@ -225,6 +225,10 @@ def test_a_job_spreads_its_processes_over_the_devices_it_is_given(tiny, tmp_path
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     job = _Job([], 0, [], [], [None], tmp_path)
     assert job._env("cuda:1")["CUDA_VISIBLE_DEVICES"] == "5" and job._env("cpu") is job.env
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert parse_devices("cuda:0, cuda:1") == ["cuda:0", "cuda:1"] and parse_devices(None) == [None]
     with pytest.raises(ValueError, match="cpu or cuda:N"):
         parse_devices("gpu0")
+    with pytest.raises(ValueError, match=r"names cuda:2, but this machine has 2 usable CUDA device\(s\); name those it "
+                                         r"has \(cuda:0, cuda:1\)"):
+        parse_devices("cuda:0,cuda:2")

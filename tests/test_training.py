@@ -245,7 +245,8 @@ def test_run_state_is_one_small_safetensors_file_with_momentum(tmp_path):
     opt.step()
     momentum = {n: opt.state[p]["momentum_buffer"] for n, p in model.named_parameters()}
     path = tmp_path / "state.safetensors"
-    RunState(3, dict(model="wn_resnet110"), [dict(epoch=3)], model.state_dict(), momentum).save(path)
+    row = dict(epoch=3, lr=0.1, train_loss=1.0, train_acc=50.0, epoch_time_s=1.0)
+    RunState(3, dict(model="wn_resnet110"), [row], model.state_dict(), momentum).save(path)
     assert path.stat().st_size < 16 * 2**20, path.stat().st_size
     assert path.stat().st_size / 2**20 == pytest.approx(13.2, abs=0.1)
     with safe_open(str(path), "pt") as f:
@@ -254,7 +255,7 @@ def test_run_state_is_one_small_safetensors_file_with_momentum(tmp_path):
     state = RunState.load(path)
     other = create_model("wn_resnet110").to(memory_format=torch.channels_last)  # as the loop trains it
     state.restore(other)
-    assert state.epoch == 3 and state.history == [dict(epoch=3)]
+    assert state.epoch == 3 and state.history == [row]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
     assert all(torch.equal(momentum[n], state.momentum[n]) for n in momentum)
     wd = {n: 0.0 for n, _ in other.named_parameters()}
@@ -433,11 +434,13 @@ def test_resume_without_a_recipe_reads_the_runs_own_config_and_a_paused_run_has_
     again = tmp_path / "again"  # paused with its files, then finished state-only: the old summary is not its
     train(_cfg(tiny_data, eval_every=0), again, progress=False, time_limit_s=1e-3)
     train(_cfg(tiny_data, eval_every=0), again, resume=True, progress=False, export=False)
-    assert train(_cfg(tiny_data, eval_every=0), again, resume=True, progress=False)["status"] == "finished"
     from wnzoo.publish import PublishError, Run
     with pytest.raises(PublishError, match=f"its state is finished: rebuild its files \\(python train/train.py "
                                            f"--export {again}\\)"):
         Run.read(again)
+    # a resume of the finished run (as after a stop while it wrote its last files) writes them
+    assert train(_cfg(tiny_data, eval_every=0), again, resume=True, progress=False)["status"] == "finished"
+    assert Run.read(again).summary["status"] == "finished"
     assert main(["--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
 

@@ -16,13 +16,21 @@ exits 2, one that diverged 3.
 
 """
 import argparse
+import signal
 import sys
 import time
 
-from wnzoo._cli import EXIT_CODES, run
-from wnzoo._io import check_writable
-from wnzoo.training.timebox import (DEFAULT_GRACE_S, MAX_STACK, RESULTS_HEADER, exit_code, parse_devices, results_rows,
-                                    run_queue)
+if __name__ == "__main__":  # from the first line, a scheduler's stop is a Ctrl-C (wnzoo._cli.run takes over
+    for _signum in (signal.SIGTERM, signal.SIGHUP):  # after the imports; one while they load ends quietly)
+        signal.signal(_signum, signal.default_int_handler)
+try:
+    from wnzoo._cli import EXIT_CODES, leave, resumable, run
+    from wnzoo._io import check_writable
+    from wnzoo.training.timebox import (DEFAULT_GRACE_S, MAX_STACK, RESULTS_HEADER, exit_code, parse_devices,
+                                        results_rows, run_queue)
+except KeyboardInterrupt:
+    print("\ninterrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     started = []
 
     def hint(e: BaseException) -> str | None:
-        if started and isinstance(e, (KeyboardInterrupt, OSError)):
+        if started and resumable(e):
             return f"every run keeps its last finished epoch in {args.out}; continue with the same command"
         return None
 
@@ -54,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _job(args: argparse.Namespace, started: list) -> int:
-    if args.results:
-        check_writable(args.results)  # now, not after the job
+    check_writable(args.out, folder=True)  # now, not after the job
+    for path in (args.log, args.results):
+        if path:
+            check_writable(path)
     started.append(True)
     runs = run_queue(args.configs, args.out, args.time_limit, parallel=args.parallel, overrides=args.set,
                      log=args.log, grace_s=args.grace, stack=args.stack, devices=parse_devices(args.devices))
@@ -68,4 +78,4 @@ def _job(args: argparse.Namespace, started: list) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

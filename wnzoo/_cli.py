@@ -1,13 +1,18 @@
 """What every command line promises: its exit codes, and one line on stderr, never a traceback, for
-bad input, a missing or damaged file, a full disk, a missing GPU or Ctrl-C."""
+bad input, a missing or damaged file, a full disk, a missing GPU, Ctrl-C or a scheduler's signal."""
 from __future__ import annotations
 
 import errno
+import os
+import re
+import signal
 import sys
-from typing import Callable
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, NoReturn
 
 __all__ = ["OK", "CARD_MISMATCH", "BAD_INPUT", "DIVERGED", "INTERRUPTED", "EXIT_CODES", "UserError",
-           "TrainingDiverged", "describe", "run"]
+           "TrainingDiverged", "TERMINATING", "describe", "interrupt", "stopping_on", "run", "leave", "resumable"]
 
 OK, CARD_MISMATCH, BAD_INPUT, DIVERGED, INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = ("Exit codes: 0 ok, 1 a published checkpoint does not reproduce its card,\n"
@@ -23,9 +28,11 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint in the run folder is kept. Exit code 3."""
 
 
+_FULL_DISK = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _FIXES = {errno.ENOSPC: "free some space", getattr(errno, "EDQUOT", errno.ENOSPC): "free some space",
           errno.EROFS: "choose a writable place", errno.EACCES: "choose a writable place",
-          errno.EPERM: "choose a writable place"}
+          errno.EPERM: "choose a writable place", errno.EISDIR: "a file is needed there: choose another path",
+          errno.ENOTDIR: "a folder is needed there: choose another path"}
 
 
 def describe(e: BaseException) -> str:
@@ -35,6 +42,59 @@ def describe(e: BaseException) -> str:
         fix = _FIXES.get(e.errno or 0)
         return f"{where}{e.strerror}" + (f"; {fix}" if fix else "")
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def resumable(e: BaseException) -> bool:
+    """Whether ``e`` stopped work that the same command continues: an interruption, or a full disk
+    (not a bad input, which would stop it again)."""
+    return isinstance(e, KeyboardInterrupt) or getattr(e, "errno", None) in _FULL_DISK
+
+
+# What a cluster scheduler's time limit, a spot instance's notice or a closed terminal sends. Each is
+# a Ctrl-C to us: the same clean stop, the same exit code, the same command to continue.
+TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """A signal handler that stops the program as Ctrl-C does, naming the signal."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def stopping_on(handler: Callable | int, signals: tuple[int, ...] = TERMINATING) -> Iterator[None]:
+    """``handler`` for ``signals`` within the block. Only the main thread can set handlers; in another
+    thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.signal(signum, handler) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, previous in saved.items():
+            signal.signal(signum, previous)
+
+
+def leave(code: int) -> NoReturn:
+    """End a command line's process with ``code``. Python's shutdown takes seconds (torch's); a signal
+    that comes then no longer changes the code, nor prints a traceback: the work is done."""
+    for signum in (signal.SIGINT, *TERMINATING):
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        sys.stdout.flush()
+    except OSError:  # the reader went away
+        _quiet_stdout()
+    sys.exit(code)
+
+
+def _quiet_stdout() -> None:
+    """After the reader of our output went away (``| head``): later writes, and the flush at exit,
+    go nowhere instead of raising again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind stdout (a test's capture)
+        pass
 
 
 def run(main: Callable[[], int], after: Callable[[BaseException], str | None] = lambda e: None) -> int:
@@ -47,13 +107,28 @@ def run(main: Callable[[], int], after: Callable[[BaseException], str | None] = 
     from torch.cuda import OutOfMemoryError
 
     try:
-        return main()
+        with stopping_on(interrupt):
+            return main()
     except KeyboardInterrupt as e:
-        code, text, caught = INTERRUPTED, "\ninterrupted", e
+        by = f" by {e.args[0]}" if e.args and str(e.args[0]).startswith("SIG") else ""
+        code, text, caught = INTERRUPTED, f"\ninterrupted{by}", e
+    except BrokenPipeError as e:
+        _quiet_stdout()
+        code, text, caught = INTERRUPTED, "stopped: the program reading the output closed it", e
     except TrainingDiverged as e:
         code, text, caught = DIVERGED, f"error: {e}", e
     except (ValueError, OSError, UserError, yaml.YAMLError, OutOfMemoryError) as e:
         code, text, caught = BAD_INPUT, f"error: {describe(e)}", e
-    extra = after(caught)
-    print(text + (f"\n{extra}" if extra else ""), file=sys.stderr)
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e):  # the CPU allocator's out-of-memory; anything else is a bug
+            raise
+        size = re.search(r"allocate (\d+) bytes", str(e))
+        need = f" ({int(size[1]) / 2**30:.1f} GiB more)" if size else ""
+        code, text, caught = BAD_INPUT, f"error: out of memory{need}; use a smaller batch or model", e
+    with stopping_on(signal.SIG_IGN, (signal.SIGINT, *TERMINATING)):  # a second signal must not cut the message
+        extra = after(caught)
+        try:
+            print(text + (f"\n{extra}" if extra else ""), file=sys.stderr)
+        except OSError:  # stderr is gone too
+            pass
     return code

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import tempfile
 from pathlib import Path
@@ -20,14 +21,34 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from ._cli import UserError
 
-__all__ = ["WEIGHTS_FILE", "WeightsError", "atomic_write", "write_json", "save_safetensors", "read_metadata",
-           "check_weights_file", "load_weights_file", "weights_path", "sha256_file", "check_writable"]
+__all__ = ["WEIGHTS_FILE", "WeightsError", "atomic_write", "is_temporary", "remove_temporaries", "write_json",
+           "save_safetensors", "read_metadata", "check_weights_file", "load_weights_file", "weights_path", "sha256_file",
+           "check_writable"]
 
 WEIGHTS_FILE = "model.safetensors"
 
 
 class WeightsError(UserError):
     """Weights that cannot be found, verified or loaded; the message says how to fix it."""
+
+
+# The name of an atomic write's temporary file: ``.<name>.<8 hex digits>.tmp`` beside the file.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is that of an atomic write's temporary file."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files that writes cut short by a kill (``SIGKILL``, a power cut) left in
+    ``folder``; call it only while no other process writes there (holding the folder's lock).
+    Returns their names."""
+    names = [p.name for p in Path(folder).iterdir() if p.is_file() and is_temporary(p.name)]
+    for name in names:
+        Path(folder, name).unlink(missing_ok=True)
+    return names
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -43,6 +64,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # name the file the user knows, not the temporary one (nor none: matplotlib's)
+        if e.filename in (None, tmp) and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -52,10 +77,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+def check_writable(path: str | os.PathLike, folder: bool = False, overwrite: bool = True) -> Path:
     """``path`` (a file, or with ``folder`` a folder), checked now to be writable, so a long job
-    fails at its start rather than when it saves; raises the ``OSError`` the write would have met."""
+    fails at its start rather than when it saves; raises the ``OSError`` the write would have met.
+    With ``overwrite=False`` an existing file is refused: a user's file is replaced only on request."""
     path = Path(path)
+    for p in (path, *path.parents):  # writing would replace the link, or fail in its missing target
+        if p.exists():
+            break
+        if p.is_symlink():
+            raise FileNotFoundError(errno.ENOENT, f"a broken symbolic link (to {os.readlink(p)}); remove it or "
+                                    f"choose another path", str(p))
+    if not overwrite and path.is_file():
+        raise FileExistsError(errno.EEXIST, "the file exists; pass --force to replace it, or choose another path",
+                              str(path))
     if path.is_dir() != folder and path.exists():
         raise (NotADirectoryError if folder else IsADirectoryError)(
             errno.ENOTDIR if folder else errno.EISDIR, "a folder is needed here" if folder else "it is a folder",
@@ -96,7 +131,13 @@ def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
     def write(tmp: str) -> None:
-        save_file(cpu, tmp, metadata=metadata)
+        try:
+            save_file(cpu, tmp, metadata=metadata)
+        except SafetensorError as e:  # safetensors reports an OS error (a full disk) as its own, with the errno
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e
         _sort_metadata(tmp)
 
     atomic_write(path, write)
@@ -126,8 +167,14 @@ def check_weights_file(path: str | os.PathLike) -> Path:
     try:
         read_metadata(path)  # safetensors checks the header against the file's length: truncation shows here
     except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupted: "
-                           f"delete it and download it again") from e
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith((b"PK\x03\x04", b"\x80")):  # a torch.save zip archive, or a bare pickle
+            raise WeightsError(f"{path} is a PyTorch pickle (torch.save), not a safetensors file, whatever its name; "
+                               f"wnzoo never unpickles weights. Convert it with safetensors.torch.save_file("
+                               f"torch.load(f, weights_only=True), 'model.safetensors')") from e
+        raise WeightsError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupted: replace "
+                           f"it with a complete copy (download it again, or export it again from its run)") from e
     return path
 
 

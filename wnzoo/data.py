@@ -69,8 +69,11 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, dataset: str, origin: 
     labels = labels.astype(np.int64).reshape(-1)
     if len(labels) != len(images):
         raise DataError(f"{origin}: {len(images)} images but {len(labels)} labels")
+    if not len(images):  # nothing to train on or to measure: an accuracy of 0 images is no number
+        raise DataError(f"{origin} holds no images; write the split again, or pass a data folder with the whole "
+                        f"dataset")
     n = DATASETS[dataset].num_classes
-    if len(labels) and (labels.min() < 0 or labels.max() >= n):
+    if labels.min() < 0 or labels.max() >= n:
         raise DataError(f"{origin}: labels span [{labels.min()}, {labels.max()}] but {dataset} has {n} classes; "
                         f"is this the right dataset (--dataset cifar10 / cifar100)?")
     # A full-size split holds every class; fewer means another dataset (CIFAR-10 data read as CIFAR-100).

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import SafetensorError
 from timm.models import split_model_name_tag
 from torch import nn
 from tqdm.auto import tqdm
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from . import published
 from ._cli import BAD_INPUT, CARD_MISMATCH, OK
 from ._datasets import TAG_DATASET
-from ._io import WeightsError, sha256_file, weights_path
+from ._io import WeightsError, read_metadata, sha256_file, weights_path
 from .data import DataError, DeviceData, load_split
 from .layers import fuse
 from .paper import PAPER_TABLE1, paper_row
@@ -64,16 +65,19 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 500, **kwargs
 
 
 def resolve_device(device: torch.device | str | None = None) -> torch.device:
-    """``device``, checked to exist here; ``None`` picks cuda when available, else cpu."""
+    """``device``, checked to exist here; ``None`` picks cuda when available, else cpu. Only the CPU and
+    CUDA devices evaluate: torch knows other device types (meta, mps, xla), which fail later, or
+    compute nothing (meta)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:
         raise ValueError(f"unknown device {device!r} ({e}); use e.g. cpu, cuda or cuda:1") from e
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"device {device!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
-                         f"use --device cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and (dev.index or 0) >= count):
+        usable = ", ".join(["cpu"] + [f"cuda:{i}" for i in range(count)])
+        raise ValueError(f"device {device!r} is not available here ({count} CUDA devices); use one of: {usable}")
     return dev
 
 
@@ -93,11 +97,27 @@ def inference_model(model: nn.Module, device: torch.device | str = "cpu", channe
     return torch.compile(fused) if compile else fused
 
 
+def _refuse_other_formats(checkpoint: str | Path) -> None:
+    """A weights file says format 'pt' (safetensors' torch files) or nothing; a run's training state is
+    a safetensors file too, of format 'wnzoo.run-state.v1', which holds the weights under other names.
+    A file that cannot be read is left to the weights loader, which says how to fix it."""
+    path = weights_path(checkpoint)
+    try:
+        fmt = read_metadata(path).get("format", "pt")
+    except (SafetensorError, OSError, ValueError):
+        return
+    if fmt != "pt":
+        raise WeightsError(f"{path} holds no model weights but format {fmt[:40]!r}: a run's training state "
+                           f"(state.safetensors) is not weights; pass the run's model.safetensors, or write it "
+                           f"with python train/train.py --export {path.parent}")
+
+
 def _build(name: str, checkpoint: str | Path | None) -> tuple[nn.Module, str, bool]:
     """Model with weights, its ``arch.tag`` and whether the weights are the published ones."""
     if checkpoint is None:  # the hub verifies the pinned sha256, so these are the published weights
         model = create_model(name, pretrained=True)
     else:
+        _refuse_other_formats(checkpoint)
         model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)))
     cfg = model.pretrained_cfg
     variant = f"{cfg['architecture']}.{cfg['tag']}"

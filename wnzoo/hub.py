@@ -11,7 +11,9 @@ metrics. Resolution order for ``pretrained=True``:
    revision; another repo (``hf-hub:org/name[@rev]``, ``pretrained_cfg_overlay=dict(hf_hub_id=...)``)
    at the revision named, or ``main``;
 3. for a published variant, the release copy kept in this repository under ``hub/<arch>.<tag>/``,
-   so a fresh clone works with no network at all.
+   so a fresh clone works with no network at all. A publish interrupted there is finished or undone
+   first (:meth:`wnzoo.published.ReleaseDir.try_recover`); where it cannot be (another process is
+   publishing, a read-only checkout), the copy the current record pins is read as it is.
 
 Published weights must match the pinned sha256 whatever their source. timm's builder then loads
 the verified file: it swaps the classifier for another ``num_classes`` and adapts the stem to
@@ -89,14 +91,18 @@ def resolve_weights(name: str, cfg: dict, cache_dir: str | os.PathLike | None = 
     if cfg.get("file"):
         path = weights_path(cfg["file"])
         if not path.is_file():
-            raise WeightsError(f"pretrained file {path} does not exist")
+            raise WeightsError(f"pretrained file {path} does not exist; pass the path of a model.safetensors file, "
+                               f"or of the run folder holding one")
         return path  # an explicit file is the user's own: no pinned hash to compare with
+    releases = published.ReleaseDir(RELEASE_DIR)
+    releases.try_recover()  # before the record is read: it may be the one an interrupted publish committed
     rec = published.get(name)
     hub_id = _requested_hub_id(name, cfg) or (rec.repo_id if rec else None)
     if not hub_id:
         names = sorted(published.variants())
         raise WeightsError(f"{name} has no published weights yet; published variants: {names or 'none'}. "
-                           f"Use pretrained=False, or pass pretrained_cfg_overlay=dict(file='model.safetensors')")
+                           f"Use pretrained=False, or pass pretrained_cfg_overlay=dict(file='model.safetensors') "
+                           f"(eval/cifar.py: --checkpoint FILE --model ARCH)")
     repo_id, _, revision = hub_id.partition("@")
     revision = revision or None
     # The published repo is read at its pinned revision (or its release tag) and must match the pinned hash.
@@ -116,7 +122,7 @@ def resolve_weights(name: str, cfg: dict, cache_dir: str | os.PathLike | None = 
     else:
         _check_sha(path, want, origin, _cache_fix(path))
         return path
-    release = RELEASE_DIR / name / WEIGHTS_FILE
+    release = releases.folder(name, rec) / WEIGHTS_FILE
     if pinned and release.is_file():
         _check_sha(release, want, "release copy", f"Restore it from the wnzoo repository (git checkout -- hub/{name})")
         # expected for a variant not pushed to the Hub yet (pinned to its local commit), a surprise otherwise

@@ -19,7 +19,18 @@
    ``mirrors-path``, ``git push``) serves exactly that revision. The Hub itself does not know such a
    revision, so users load the release copy until a ``--push`` replaces the pin with the Hub's commit;
 5. keeps the release copy ``hub/<arch>.<tag>/`` (weight files up to 10 MB), records the variant in
-   ``wnzoo/published.json`` and regenerates ``MODEL_CARD.md``.
+   ``wnzoo/published.json`` and regenerates ``MODEL_CARD.md``, as one transaction
+   (:class:`~wnzoo.published.ReleaseDir`), under a lock: the copy is staged as ``hub/.<name>.new``, a
+   journal (``hub/.publish-journal.json``) records the new record and the cards, and the atomic save of
+   ``published.json`` is the commit; then the old copy goes aside (``.old``), the new one takes its
+   place, and the old one, the journal and the cards follow. Until the commit the old variant loads as
+   before, after it the new one; the next publish or load of pretrained weights finishes or undoes an
+   interrupted publish, and nothing is deleted before the new record is in place.
+
+Checks that need no work come first: the run (a diverged one needs a changed recipe, not a resume),
+its model, dataset and its weights' number of classes against the repo id, then the published variant
+it would replace, and with ``push=True`` the endpoint and the token. The temporary folders of publishes
+that were killed are deleted when the next one starts.
 """
 from __future__ import annotations
 
@@ -27,10 +38,13 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -38,34 +52,41 @@ from typing import Any
 
 import torch
 import yaml
-from huggingface_hub import HfApi, ModelCard, snapshot_download
+from filelock import Timeout
+from huggingface_hub import HfApi, ModelCard, get_token, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from timm.models import filter_pretrained_cfg, split_model_name_tag
+from safetensors import safe_open
+from timm.models import filter_pretrained_cfg, get_pretrained_cfg_value, split_model_name_tag
 
 from . import __version__, evaluation, published
 from ._cli import UserError
 from ._datasets import DATASETS, TAG_DATASET
-from ._io import atomic_write, check_writable, load_weights_file, save_safetensors, sha256_file, write_json
+from ._io import (atomic_write, check_weights_file, check_writable, load_weights_file, save_safetensors, sha256_file,
+                  write_json)
 from .data import DeviceData, load_split
 from .hub import RELEASE_DIR
 from .layers import fuse
 from .model_card import MODEL_CARD, variant_card, zoo_card, zoo_status
-from .published import PUBLISHED_JSON, HubFolder, PublishedVariant
+from .published import PUBLISHED_JSON, STATUS_END, STATUS_START, HubFolder, PublishedVariant, ReleaseDir
 from .registry import create_model, is_zoo_model, twin_name
 from .training import RunFolder, load_config
 from .training.config import NON_RECIPE_KEYS
 
 __all__ = ["publish", "PublishError", "Run", "build_folder", "measure", "verify_folder", "commit_folder",
-           "commit_message", "push_folder", "write_zoo_card"]
+           "commit_message", "push_folder", "check_push_access", "recover", "write_zoo_card", "write_readme_status",
+           "STATUS_START", "STATUS_END"]
 
 _log = logging.getLogger(__name__)
 
 REPO_ROOT = RELEASE_DIR.parent
-STATUS_START, STATUS_END = "<!-- status: generated from wnzoo/published.json -->", "<!-- /status -->"
 RELEASE_MAX_BYTES = 10_000_000        # per weight file kept in the repository
 RELEASE_TOTAL_MAX_BYTES = 48 << 20    # all release copies together
 LOG_TOLERANCE = 1.0                   # points of top-1 between the training log and the publish-time measurement
+LOCK_WAIT_S = 60.0                    # for another publish's last phase (seconds, a push is outside it)
+# The HTTP library's base error, which huggingface_hub's HfHubHTTPError derives from (httpx's; requests' is an
+# OSError): a connection refused, a timeout, a name that does not resolve.
+NETWORK_ERRORS = (OSError, *HfHubHTTPError.__bases__)
 # A fixed identity and date make the local commit (and so the pinned revision) a function of the files only.
 _GIT_ENV = dict(GIT_AUTHOR_NAME="wnzoo", GIT_AUTHOR_EMAIL="wnzoo@users.noreply.huggingface.co",
                 GIT_COMMITTER_NAME="wnzoo", GIT_COMMITTER_EMAIL="wnzoo@users.noreply.huggingface.co",
@@ -89,6 +110,15 @@ class Run:
     @classmethod
     def read(cls, run_dir: str | os.PathLike) -> "Run":
         d = Path(run_dir)
+        folder = RunFolder(d)
+        summary = folder.read_summary() if (d / RunFolder.SUMMARY).is_file() else {}
+        if summary.get("status") == "diverged":  # a resume would diverge again at the same step
+            at = summary.get("diverged_at") or {}
+            where = (f" at epoch {at['epoch']}, step {at['step']} (lr {at['lr']:.4g})"
+                     if {"epoch", "step", "lr"} <= at.keys() else "")
+            raise PublishError(f"run {d} diverged{where}, so there is nothing to publish and resuming it diverges "
+                               f"again: train it again into a new --out with a changed recipe, a lower lr or a "
+                               f"longer warmup (warmup_epochs)")
         files = (RunFolder.WEIGHTS, RunFolder.CONFIG, RunFolder.METRICS, RunFolder.SUMMARY)
         missing = [f for f in files if not (d / f).is_file()]
         if missing and (d / RunFolder.STATE).is_file():
@@ -100,8 +130,6 @@ class Run:
         if missing:
             raise PublishError(f"{d} is not a finished run folder: {', '.join(missing)} missing "
                                f"(train it with python train/train.py -c configs/X.yaml)")
-        folder = RunFolder(d)
-        summary = folder.read_summary()
         if summary.get("status") != "finished":
             done = folder.has_state() and folder.epochs_done() >= folder.read_config().get("epochs", float("inf"))
             fix = f"python train/train.py --export {d}" if done else f"python train/train.py --out {d} --resume"
@@ -138,6 +166,25 @@ def parse_repo_id(repo_id: str) -> tuple[str, str, str]:
         raise PublishError(f"repo id {repo_id!r} must be '<org>/<arch>.<tag>' with a zoo architecture and a tag in "
                            f"{sorted(TAG_DATASET)}, e.g. 'wnzoo/wn_resnet56.c10'")
     return name, arch, tag
+
+
+def _check_fits(run: Run, name: str) -> None:
+    """The run trained the model and dataset ``name`` (``arch.tag``) stands for, and its weights' classifier
+    has that dataset's number of classes (weights copied in from another run may not); from the header only."""
+    arch, tag = split_model_name_tag(name)
+    dataset = DATASETS[TAG_DATASET[tag]]
+    if run.config.get("model") != arch or run.config.get("dataset") != dataset.name:
+        raise PublishError(f"run {run.dir} trained {run.config.get('model')} on {run.config.get('dataset')}, but "
+                           f"{name} is {arch} on {dataset.name}; pick the matching --repo-id")
+    file = check_weights_file(run.dir / RunFolder.WEIGHTS)
+    key = f"{get_pretrained_cfg_value(name, 'classifier')}.weight"
+    with safe_open(str(file), "pt") as f:
+        classes = f.get_slice(key).get_shape()[0] if key in set(f.keys()) else dataset.num_classes
+    if classes != dataset.num_classes:
+        other = [f" (wnzoo/{arch}.{d.tag})" for d in DATASETS.values() if d.num_classes == classes]
+        raise PublishError(f"{file} holds a classifier for {classes} classes, but {name} is for {dataset.num_classes} "
+                           f"classes: these weights are of another dataset; pick the matching --repo-id"
+                           f"{''.join(other[:1])}")
 
 
 def recipe_for(run: Run, recipe: str | os.PathLike | None = None) -> tuple[str, list[str]]:
@@ -177,21 +224,20 @@ def recipe_notes(recipe_path: Path) -> str:
 def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
     """Write the weights (strictly loaded and re-saved), the recipe, metrics and curves into ``out``;
     returns the model holding the weights."""
+    _check_fits(run, name)
     arch, tag = split_model_name_tag(name)
-    dataset = TAG_DATASET[tag]
-    if run.config.get("model") != arch or run.config.get("dataset") != dataset:
-        raise PublishError(f"run {run.dir} trained {run.config.get('model')} on {run.config.get('dataset')}, but "
-                           f"{name} is {arch} on {dataset}; pick the matching --repo-id")
+    dataset = DATASETS[TAG_DATASET[tag]]
     state = load_weights_file(run.dir / RunFolder.WEIGHTS)
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise PublishError(f"{run.dir / RunFolder.WEIGHTS} holds non-finite values in {bad[:5]}; the run diverged")
-    model = create_model(arch, num_classes=DATASETS[dataset].num_classes)
+    model = create_model(arch, num_classes=dataset.num_classes)
+    _check_shapes(state, model, run.dir / RunFolder.WEIGHTS, name)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise PublishError(f"{run.dir / RunFolder.WEIGHTS} does not fit {arch}: missing keys {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}. A 'module.' or '_orig_mod.' prefix comes from a DDP or compiled "
-                           f"wrapper: save the unwrapped model's state_dict()")
+                           f"unexpected {unexpected[:5]}. A 'module.' or '_orig_mod.' prefix comes from a DDP or "
+                           f"compiled wrapper: save the unwrapped model's state_dict()")
     out.mkdir(parents=True, exist_ok=True)
     # The published files' metadata: any other would change their bytes, and so their pinned sha256.
     save_safetensors(out / HubFolder.WEIGHTS, model.state_dict(), {"format": "pt"})
@@ -200,6 +246,15 @@ def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
     if (run.dir / RunFolder.CURVES).is_file():
         shutil.copyfile(run.dir / RunFolder.CURVES, out / HubFolder.CURVES)
     return model
+
+
+def _check_shapes(state: dict[str, torch.Tensor], model: torch.nn.Module, file: Path, name: str) -> None:
+    """The tensors of ``state`` have the model's shapes (``load_state_dict`` would raise, not say which fix)."""
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (the model's: {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise PublishError(f"{file} does not fit {name}: {', '.join(wrong[:3])}; it holds another architecture")
 
 
 def measure(folder: Path, name: str, data: str | os.PathLike) -> dict[str, Any]:
@@ -289,7 +344,7 @@ def commit_folder(folder: Path, repo_dir: Path, message: str, tag: str | None = 
 
 def local_revision(folder: Path, message: str) -> str:
     """The sha of the deterministic root commit of ``folder`` (see the module docstring)."""
-    with tempfile.TemporaryDirectory(prefix="wnzoo-commit-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=_tmp_prefix("commit")) as tmp:
         return commit_folder(folder, Path(tmp) / "repo", message)
 
 
@@ -297,7 +352,7 @@ def push_folder(folder: Path, repo_id: str, message: str, endpoint: str | None =
                 token: str | None = None) -> tuple[str, str]:
     """Upload ``folder`` as one commit to ``repo_id``, tag it ``v<N>`` and check the Hub serves exactly
     these files at that commit; returns ``(commit sha, tag)``."""
-    api = HfApi(endpoint=endpoint, token=token, library_name="wnzoo", library_version=__version__)
+    api = _api(endpoint, token)
     try:
         api.create_repo(repo_id, exist_ok=True)
         tags = {t.name for t in api.list_repo_refs(repo_id).tags}
@@ -308,8 +363,17 @@ def push_folder(folder: Path, repo_id: str, message: str, endpoint: str | None =
     except HfHubHTTPError as e:
         raise PublishError(f"push of {repo_id} to {api.endpoint} failed: {e}. A write token is needed (HF_TOKEN or "
                            f"`hf auth login`) with rights on the namespace; nothing was recorded") from e
-    with tempfile.TemporaryDirectory(prefix="wnzoo-verify-") as tmp:
-        snap = Path(snapshot_download(repo_id, revision=info.oid, cache_dir=tmp, endpoint=api.endpoint, token=token))
+    except NETWORK_ERRORS as e:
+        raise PublishError(f"push of {repo_id} to {api.endpoint} failed ({_first_line(e)}); check HF_ENDPOINT and "
+                           f"the network, and publish again: nothing was recorded") from None
+    with tempfile.TemporaryDirectory(prefix=_tmp_prefix("verify")) as tmp:
+        try:
+            snap = Path(snapshot_download(repo_id, revision=info.oid, cache_dir=tmp, endpoint=api.endpoint,
+                                          token=token))
+        except NETWORK_ERRORS as e:
+            raise PublishError(f"{repo_id}@{info.oid} was pushed but could not be downloaded back to verify it "
+                               f"({_first_line(e)}); check the network and publish again: nothing was "
+                               f"recorded") from None
         remote = sorted(p.name for p in snap.iterdir() if p.name != ".gitattributes")
         local = sorted(p.name for p in folder.iterdir())
         differ = [f for f in local if f in remote and (snap / f).read_bytes() != (folder / f).read_bytes()]
@@ -319,40 +383,98 @@ def push_folder(folder: Path, repo_id: str, message: str, endpoint: str | None =
     return info.oid, hub_tag
 
 
+def _api(endpoint: str | None, token: str | None) -> HfApi:
+    return HfApi(endpoint=endpoint, token=token, library_name="wnzoo", library_version=__version__)
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {next(iter(str(e).splitlines()), '')}"
+
+
+def check_push_access(endpoint: str | None = None, token: str | None = None) -> None:
+    """Fail in seconds, before minutes of building and evaluating: there is a token, the endpoint
+    answers, and it does not refuse the token. A server without ``whoami`` (a mirror) is let through:
+    the push itself checks the rights."""
+    api = _api(endpoint, token)
+    if not (token or get_token()):
+        raise PublishError(f"--push needs a write token for {api.endpoint}: set HF_TOKEN or run `hf auth login`")
+    try:
+        api.whoami()
+    except HfHubHTTPError as e:
+        if e.response is not None and e.response.status_code == 401:
+            raise PublishError(f"{api.endpoint} refuses the token (HTTP 401, {_first_line(e)}); set a write token with "
+                               f"HF_TOKEN or `hf auth login`") from None
+    except NETWORK_ERRORS as e:
+        raise PublishError(f"the Hub endpoint {api.endpoint} cannot be reached ({_first_line(e)}); check HF_ENDPOINT "
+                           f"and the network") from None
+
+
 def write_zoo_card(published_json: Path = PUBLISHED_JSON, path: Path = MODEL_CARD) -> Path:
     """Regenerate ``MODEL_CARD.md`` from the published records, and the status lines of the
     ``README.md`` beside it, if there is one."""
     records = published.load(published_json)
-    text = zoo_card(records)
-    atomic_write(path, lambda p: Path(p).write_text(text))
-    if path.with_name("README.md").is_file():
-        write_readme_status(path.with_name("README.md"), zoo_status(records))
+    published.write_cards(path, zoo_card(records), zoo_status(records))
     return path
 
 
 def write_readme_status(readme: Path, status: str | None) -> None:
     """Put ``status`` between the README's status markers (``None``: only check they are there)."""
-    text = readme.read_text()
-    head, start, rest = text.partition(STATUS_START)
-    _, end, tail = rest.partition(STATUS_END)
-    if not start or not end:
-        raise PublishError(f"{readme} lacks the lines {STATUS_START} and {STATUS_END} that hold the zoo's status")
-    if status is None:
+    try:
+        text = published.with_status(readme, status or "")
+    except ValueError as e:
+        raise PublishError(str(e)) from None
+    if status is not None:
+        atomic_write(readme, lambda p: Path(p).write_text(text))
+
+
+def _tmp_prefix(kind: str) -> str:
+    """A temporary folder's name names its process, so the next publish can delete it once that process is gone."""
+    return f"wnzoo-{kind}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _clean_temporary_folders() -> None:
+    """Delete the temporary folders of killed publishes (SIGKILL, a power cut): those of this user whose
+    process is gone. On Windows, where signal 0 would interrupt the process, none."""
+    if os.name != "posix":
         return
-    new = f"{head}{STATUS_START}\n{status}\n{STATUS_END}{tail}"
-    atomic_write(readme, lambda p: Path(p).write_text(new))
+    for p in Path(tempfile.gettempdir()).glob("wnzoo-*"):
+        m = re.match(r"wnzoo-(publish|commit|verify)-(\d+)-", p.name)
+        if m and p.is_dir() and p.stat().st_uid == os.getuid() and not _alive(int(m[2])):
+            shutil.rmtree(p, ignore_errors=True)
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` onto ``dst``, replacing it, so a crash leaves the old or the new copy, never a mix."""
-    old = dst.with_name(f".{dst.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        dst.rename(old)
-    shutil.move(str(src), dst)
-    if old.exists():
-        shutil.rmtree(old)
+@contextmanager
+def _locked(release_dir: Path) -> Iterator[ReleaseDir]:
+    """Hold the release dir's lock; another publish holds it only for seconds (its last phase)."""
+    release_dir.mkdir(parents=True, exist_ok=True)
+    releases = ReleaseDir(release_dir)
+    lock = releases.lock(timeout=LOCK_WAIT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PublishError(f"another publish is writing {release_dir} (it holds {lock.lock_file}); wait for it to "
+                           f"end and publish again") from None
+    try:
+        yield releases
+    finally:
+        lock.release()
+
+
+def recover(release_dir: Path = RELEASE_DIR) -> None:
+    """Finish or undo a publish that was interrupted in ``release_dir`` (:class:`~wnzoo.published.ReleaseDir`)."""
+    if ReleaseDir(release_dir).leftovers():
+        with _locked(release_dir) as releases:
+            releases.recover()
 
 
 def _release_size(release_dir: Path, skip: str) -> int:
@@ -373,11 +495,13 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, *, data: str
     there: nothing is pushed, pinned or recorded. ``data`` defaults to the run's own data source, and
     ``repo_id`` to ``wnzoo/<model>.<tag>`` of the run. A published variant is replaced only with ``replace``.
     """
+    _clean_temporary_folders()
     if repo_id is not None:
         parse_repo_id(repo_id)  # a bad id fails before anything is read
     run = Run.read(run_dir)
     repo_id = repo_id or f"wnzoo/{run.config['model']}.{DATASETS[run.config['dataset']].tag}"
     name = parse_repo_id(repo_id)[0]
+    _check_fits(run, name)  # before the published variant it would replace: the fix is another id, not --replace
     old = published.load(published_json).get(name)
     if old is not None and not (replace or dry_run):
         logged = run.logged_test_acc()
@@ -385,11 +509,10 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, *, data: str
         raise PublishError(f"{name} is already published (top-1 {old.top1:.2f} % after {old.epochs} epochs); this run "
                            f"{now} after {run.summary.get('epochs_done')} epochs. Pass --replace to replace it")
     recipe_rel, overrides = recipe_for(run, recipe)
-    tmp = None if out else Path(tempfile.mkdtemp(prefix=f"wnzoo-{name}-"))
-    stage = Path(out) if out else tmp / name
-    if stage.exists() and any(stage.iterdir()):
-        raise PublishError(f"output folder {stage} is not empty; choose a new --out")
-    check_writable(stage, folder=True)  # every output is checked before the minutes of evaluation
+    if out is not None:  # every output is checked before the minutes of evaluation
+        if Path(out).exists() and any(Path(out).iterdir()):
+            raise PublishError(f"output folder {out} is not empty; choose a new --out")
+        check_writable(out, folder=True)
     if not dry_run:
         for path, folder in ((release_dir, True), (published_json, False), (zoo_card_path, False)):
             check_writable(path, folder)
@@ -397,6 +520,11 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, *, data: str
         if readme.is_file():
             check_writable(readme)
             write_readme_status(readme, None)  # only checks its status markers
+        if push:
+            check_push_access(endpoint, token)
+        recover(release_dir)
+    tmp = None if out else Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix('publish')}{name}-"))
+    stage = Path(out) if out else tmp / name
     try:
         rec = _build_and_verify(run, repo_id, stage, data, recipe_rel, overrides, published.load(published_json))
         if dry_run:
@@ -435,7 +563,7 @@ def _build_and_verify(run: Run, repo_id: str, stage: Path, data: str | os.PathLi
 
 def _pin_and_record(rec: PublishedVariant, stage: Path, push: bool, endpoint: str | None, token: str | None,
                     release_dir: Path, published_json: Path, zoo_card_path: Path) -> PublishedVariant:
-    """Pin the verified folder (pushed, or a local commit), keep its release copy and record it."""
+    """Pin the verified folder (pushed, or a local commit), then keep its release copy and record it."""
     keep_weights = rec.size <= RELEASE_MAX_BYTES
     total = _release_size(release_dir, rec.name) + sum(p.stat().st_size for p in stage.iterdir()
                                                        if keep_weights or p.name != HubFolder.WEIGHTS)
@@ -447,15 +575,24 @@ def _pin_and_record(rec: PublishedVariant, stage: Path, push: bool, endpoint: st
         rec = dataclasses.replace(rec, revision=revision, hub_tag=hub_tag, pushed=True)
     else:
         rec = dataclasses.replace(rec, revision=local_revision(stage, commit_message(rec)))
-    release = stage.with_name(f".{rec.name}.release")
-    shutil.copytree(stage, release)
     if not keep_weights:
         _log.warning("%s is %.1f MB, over the %d MB kept in the repository: the release copy has no weights, so "
                      "a fresh clone loads them from the Hub only", HubFolder.WEIGHTS, rec.size / 1e6,
                      RELEASE_MAX_BYTES // 1_000_000)
-        (release / HubFolder.WEIGHTS).unlink()
-    release_dir.mkdir(parents=True, exist_ok=True)
-    _replace_dir(release, release_dir / rec.name)
-    published.save({**published.load(published_json), rec.name: rec}, published_json)
-    write_zoo_card(published_json, zoo_card_path)
+    _install(rec, stage, () if keep_weights else (HubFolder.WEIGHTS,), release_dir, published_json, zoo_card_path)
     return rec
+
+
+def _install(rec: PublishedVariant, stage: Path, skip: tuple[str, ...], release_dir: Path, published_json: Path,
+             zoo_card_path: Path) -> None:
+    """Make ``stage`` (but ``skip``) the release copy of ``rec`` and ``rec`` its record, as one transaction."""
+    with _locked(release_dir) as releases:
+        releases.recover()
+        records = {**published.load(published_json), rec.name: rec}
+        journal = {"name": rec.name, "new": rec.to_dict(),
+                   "published_json": os.path.relpath(published_json, release_dir),
+                   "card": os.path.relpath(zoo_card_path, release_dir), "card_text": zoo_card(records),
+                   "status": zoo_status(records)}
+        releases.begin(journal, stage, skip)  # from here on an interruption is undone ...
+        published.save(records, published_json)  # ... and from here on finished: the commit
+        releases.roll_forward(journal)

@@ -62,8 +62,9 @@ def bn_twin(name: str) -> str | None:
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
     """`` Did you mean a, b?`` for the choices close to ``name``, or an empty string."""
-    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
-    return f" Did you mean {', '.join(close)}?" if close else ""
+    by_lower = {c.lower(): c for c in choices}  # a name typed in capitals is still close to its own
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.5)
+    return f" Did you mean {', '.join(by_lower[c] for c in close)}?" if close else ""
 
 
 def unknown_model(name: str) -> ValueError:

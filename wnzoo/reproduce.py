@@ -22,6 +22,7 @@ from . import paper
 from ._datasets import DATASETS
 from ._io import atomic_write, write_json
 from .robustness import Shard, depth_sweep, divergence_grid, hessian_sweep, parse_shard
+from .registry import is_zoo_model, norm_of
 from .training.config import ConfigError, TrainConfig, load_config, parse_overrides
 
 __all__ = ["Preset", "Experiment", "EXPERIMENTS", "SCALES", "preset", "experiment_config", "run_experiment",
@@ -319,6 +320,10 @@ def experiment_config(experiment: str, scale: str, recipe: str | Path, overrides
     if swept:
         raise ConfigError(f"{experiment} sets {', '.join(swept)} itself, per cell (see its preset in wnzoo/reproduce.py); "
                           f"drop them from --set")
+    model = user.get("model")
+    if isinstance(model, str) and is_zoo_model(model) and norm_of(model) != "wn":  # before the recipe's init fails
+        raise ConfigError(f"{experiment} compares the init schemes of WN models, and {model} is a BN one; pass a "
+                          f"WN model (e.g. --set model={model.replace('bn_', 'wn_', 1)})")
     cfg = load_config(recipe, user)
     cfg = dataclasses.replace(cfg, **{k: copy.deepcopy(v) for k, v in preset(experiment, scale).overrides.items()
                                       if k not in user})
@@ -384,7 +389,7 @@ def cli(experiment: str, argv: list[str] | None = None, repo: Path = Path(".")) 
     """The command line of ``eval/<experiment>.py``: ``--scale``, a recipe, ``--set`` overrides, ``--out``."""
     import argparse
 
-    from ._cli import EXIT_CODES, run
+    from ._cli import EXIT_CODES, resumable, run
     from ._io import check_writable
 
     exp = EXPERIMENTS[experiment]
@@ -408,17 +413,26 @@ def cli(experiment: str, argv: list[str] | None = None, repo: Path = Path(".")) 
     ap.add_argument("--merge", action="store_true", help="report from the rows the shards wrote into --out, "
                     "training nothing; fails while a cell is missing")
     args = ap.parse_args(argv)
+    started: list[Path] = []
+
+    def hint(e: BaseException) -> str | None:
+        if started and resumable(e):
+            return f"every finished cell is kept in {started[0]}; continue with the same command"
+        return None
 
     def main() -> int:
-        if args.shard and args.merge:
+        if args.shard is not None and args.merge:
             raise ConfigError("--shard runs a shard and --merge reports them all; pass one of them")
-        shard = parse_shard(args.shard) if args.shard else None
+        shard = parse_shard(args.shard) if args.shard is not None else None  # '': an unset variable
+        if args.data and any(item.split("=", 1)[0].strip() == "data" for item in args.set):
+            raise ConfigError("--data and --set data=... both name the data; pass one of them")
         overrides = list(args.set) + ([f"data={args.data}"] if args.data else [])
         cfg = experiment_config(experiment, args.scale, args.config, overrides)
         recipe = Path(args.config).resolve()
         if recipe.is_relative_to(repo.resolve()):  # results name the repository's recipe, not this machine's path
             cfg = dataclasses.replace(cfg, recipe=str(recipe.relative_to(repo.resolve())))
         out = check_writable(args.out or Path("results") / f"{experiment}-{args.scale}", folder=True)
+        started.append(out)
         t0 = time.time()
         if shard is not None:
             cells = run_shard(experiment, args.scale, cfg, out, shard, progress=not args.quiet)
@@ -430,4 +444,4 @@ def cli(experiment: str, argv: list[str] | None = None, repo: Path = Path(".")) 
         print(f"wrote {out}/results.json, table.md and {experiment}.png ({time.time() - t0:.0f} s)")
         return 0
 
-    return run(main)
+    return run(main, hint)

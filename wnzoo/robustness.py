@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ._cli import UserError
 from .training.checkpoint import RunFolder
-from .training.config import NON_RECIPE_KEYS, TrainConfig
+from .training.config import NON_RECIPE_KEYS, TrainConfig, shown
 from .training.loop import DataSource, TrainingDiverged, initial_model, shared_data, train
 
 __all__ = ["hessian_spectral_norm", "hessian_at_init", "hessian_sweep", "train_cell", "depth_sweep", "divergence_grid",
@@ -136,7 +136,8 @@ def hessian_sweep(base: TrainConfig, schemes: Sequence[str], seeds: Sequence[int
         finite = math.isfinite(norm) and norm > 0
         return dict(spectral_norm=norm if finite else None, log_norm=math.log(norm) if finite else None)
 
-    with Journal(out, _settings(base, cells, dict(settings or {}, batches=batches, iters=iters)), shard) as journal:
+    extra = dict(settings or {}, batches=batches, iters=iters)
+    with _journal(out, base, cells, extra, shard, ("spectral_norm", "log_norm")) as journal:
         return _run_cells(cells, measure, journal, progress, merge)
 
 
@@ -157,16 +158,26 @@ def train_cell(cfg: TrainConfig, folder: str | Path, data: DataSource | None = N
                 test_acc=last.get(f"{split}_acc") if s["survived"] else None)
 
 
+_TRAINED = ("survived", "diverged_at", "test_acc")  # the keys of train_cell's outcome
+# What a journal row's results may hold (null: not measured, or diverged); the report computes with them.
+_NUMBER = (int, float, type(None))
+_ROW_TYPES = {"seconds": (int, float), "spectral_norm": _NUMBER, "log_norm": _NUMBER, "test_acc": _NUMBER,
+              "survived": (bool,), "diverged_at": (dict, type(None))}
+
+
 class Journal:
     """A sweep's folder: ``journal.jsonl`` holds its settings (first line) and one row per finished
-    cell, each flushed to disk when written. Unfinished cells train under ``runs/``. The folder is
-    locked while a sweep writes it; one of other settings, or anything else, is never written over.
-    A shard ``(i, n)`` keeps its rows in ``journal-shard-i-of-n.jsonl`` under a lock of its own."""
+    cell, each flushed to disk when written: a mapping of ``keys``. Unfinished cells train under ``runs/``.
+    The folder is locked while a sweep writes it; one of other settings, or anything else, is never
+    written over. A shard ``(i, n)`` keeps its rows in ``journal-shard-i-of-n.jsonl`` under a lock of
+    its own."""
 
     FILE, RUNS, LOCK = "journal.jsonl", "runs", ".lock"
 
-    def __init__(self, folder: str | Path, settings: dict[str, Any], shard: Shard | None = None) -> None:
+    def __init__(self, folder: str | Path, settings: dict[str, Any], shard: Shard | None = None,
+                 keys: Sequence[str] = ()) -> None:
         self.folder, self.settings, self.shard = Path(folder), json.loads(json.dumps(settings)), shard
+        self.keys = tuple(keys)
         suffix = f"-shard-{shard[0]}-of-{shard[1]}" if shard else ""
         self.path = self.folder / f"journal{suffix}.jsonl"
         self.lock_path = self.folder / f"{self.LOCK}{suffix}"
@@ -182,21 +193,40 @@ class Journal:
                                                                        and p.suffix == ".jsonl")
 
     def _rows(self, path: Path) -> list[dict[str, Any]]:
-        """A journal's rows, after checking it holds a sweep of these settings."""
+        """A journal's rows, after checking it holds a sweep of these settings, and rows of its shape (a
+        line of the wrong shape would crash the report, or make the sweep train its cell again)."""
         lines = self._read(path)
-        if not lines or lines[0].get("settings") != self.settings:
+        edited = "the journal was edited or is not one: restore it, or choose another --out"
+        if not lines or not isinstance(lines[0], dict) or not isinstance(lines[0].get("settings"), dict):
+            raise UserError(f"{path}, line 1, is not a sweep's settings ({{\"settings\": {{...}}}}); {edited}")
+        if lines[0]["settings"] != self.settings:
             raise UserError(f"{self.folder} holds a sweep of other settings ({path.name}); resume it with its own "
                             f"command, or choose another --out")
+        for n, row in enumerate(lines[1:], 2):
+            missing = [k for k in self.keys if k not in row] if isinstance(row, dict) else None
+            if missing is None:
+                raise UserError(f"{path}, line {n}, is {shown(row)}, not a row (a mapping of "
+                                f"{', '.join(self.keys)}); {edited}")
+            if missing:
+                raise UserError(f"{path}, line {n}, lacks {', '.join(missing)}; {edited}")
+            wrong = [f"{k}={shown(row[k])}" for k, kinds in _ROW_TYPES.items() if k in row and
+                     not isinstance(row[k], kinds)]
+            if wrong:
+                raise UserError(f"{path}, line {n}, has {', '.join(wrong)}, of the wrong type; {edited}")
         return lines[1:]
 
-    def _read(self, path: Path) -> list[dict[str, Any]]:
+    def _read(self, path: Path) -> list[Any]:
         """The journal's lines; a last line cut short (the process was killed while writing it) is dropped."""
-        text = path.read_text().splitlines()
+        try:
+            text = path.read_text().splitlines()
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not a text file: the journal was edited or is not one; restore it, or "
+                            f"choose another --out") from None
         lines = []
         for n, line in enumerate(text):
             try:
                 lines.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 if n + 1 < len(text):
                     raise UserError(f"{path}, line {n + 1}, is not JSON: the journal was edited; restore it or "
                                     f"choose another --out") from None
@@ -298,9 +328,14 @@ def _train_cells(cells: list[dict[str, Any]], make_cfg: Callable[[dict[str, Any]
 _NOT_IN_RESULTS = tuple(k for k in NON_RECIPE_KEYS if k not in ("eval_every", "eval_subset"))
 
 
-def _settings(base: TrainConfig, cells: list[dict[str, Any]], extra: dict[str, Any] | None) -> dict[str, Any]:
-    """What a journal's rows depend on: the config (less ``_NOT_IN_RESULTS``), the cells, ``extra``."""
-    return dict(extra or {}, base={k: v for k, v in base.to_dict().items() if k not in _NOT_IN_RESULTS}, cells=cells)
+def _journal(out: str | Path, base: TrainConfig, cells: list[dict[str, Any]], extra: dict[str, Any] | None,
+             shard: Shard | None, results: Sequence[str]) -> Journal:
+    """The journal of a sweep of ``cells`` from ``base``: its settings are what its rows depend on (the
+    config less ``_NOT_IN_RESULTS``, the cells, ``extra``), and each row holds its cell, the
+    ``results`` and its seconds."""
+    settings = dict(extra or {}, base={k: v for k, v in base.to_dict().items() if k not in _NOT_IN_RESULTS},
+                    cells=cells)
+    return Journal(out, settings, shard, keys=(*(cells[0] if cells else ()), *results, "seconds"))
 
 
 def blocks_for_depth(model: str, depth: int) -> int:
@@ -325,7 +360,7 @@ def depth_sweep(base: TrainConfig, depths: Sequence[int], schemes: Sequence[str]
         args = dict(base.model_args, blocks=blocks_for_depth(base.model, c["depth"]))
         return dataclasses.replace(base, init=c["init"], seed=c["seed"], model_args=args)
 
-    with Journal(out, _settings(base, cells, settings), shard) as journal:
+    with _journal(out, base, cells, settings, shard, _TRAINED) as journal:
         return _train_cells(cells, make, journal, progress, merge)
 
 
@@ -341,5 +376,5 @@ def divergence_grid(base: TrainConfig, lrs: Sequence[float], warmups: Sequence[f
     def make(c: dict[str, Any]) -> TrainConfig:
         return dataclasses.replace(base, **c)
 
-    with Journal(out, _settings(base, cells, settings), shard) as journal:
+    with _journal(out, base, cells, settings, shard, _TRAINED) as journal:
         return _train_cells(cells, make, journal, progress, merge)

@@ -249,8 +249,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CifarResNet
     wrong = [f"{k} {tuple(got[k])} vs {tuple(want[k])}" for k in sorted(want.keys() & got.keys())
              if got[k] != want[k] and not (k == "stem.weight" and got[k][0] == want[k][0])]
     if missing or unexpected or wrong:
+        head = [w for w in wrong if w.startswith("fc.")]
+        fix = (f"its classifier has {got['fc.bias'][0]} classes: pass num_classes={got['fc.bias'][0]} (the dataset's "
+               f"tag, e.g. .c10 or .c100)" if head and len(head) == len(wrong) and not (missing or unexpected)
+               and "fc.bias" in got else "load it into the architecture it was trained as (its config.yaml names it)")
         raise WeightsError(f"{cfg.get('file', 'the checkpoint')} does not fit {cfg.get('architecture', 'the model')}: "
-                           f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
+                           f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}; {fix}")
     return state_dict
 
 

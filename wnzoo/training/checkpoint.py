@@ -28,7 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .._io import WEIGHTS_FILE, atomic_write, check_writable, read_metadata, save_safetensors, write_json
+from .._io import (WEIGHTS_FILE, atomic_write, check_writable, is_temporary, read_metadata, remove_temporaries,
+                   save_safetensors, write_json)
+from .config import ConfigError, TrainConfig, read_yaml, shown, yaml_problem
 
 __all__ = ["RunState", "RunFolder", "StateError", "STATE_FORMAT"]
 
@@ -36,7 +38,88 @@ STATE_FORMAT = "wnzoo.run-state.v1"
 
 
 class StateError(ValueError):
-    """A state file that cannot be resumed from; the message says why and what to do."""
+    """A state file that cannot be resumed from, or a damaged file of a run folder; the message says
+    why and what to do."""
+
+
+# What to do with a state file that is damaged or not of this run.
+_STATE_FIX = "restore a copy, or move it aside to start the run anew"
+
+
+def _misfit(given: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str:
+    """How the tensors ``given`` differ from a model's ``own`` by name and shape, in words ("" if not)."""
+    missing, unexpected = sorted(own.keys() - given.keys()), sorted(given.keys() - own.keys())
+    wrong = sorted(k for k in own.keys() & given.keys() if own[k].shape != given[k].shape)
+    return ", ".join(f"{len(keys)} {what}, e.g. {shown(keys[0], 50)}" for what, keys in (
+        ("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if keys)
+
+
+def _header(path: Path, meta: dict[str, str]) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+    """The epoch, config and history in a state's metadata, checked: a state travels between machines
+    and may come back edited or from elsewhere, and a header of the wrong shape would crash the run
+    that resumes from it, or the export that rebuilds the folder."""
+    def damaged(what: str) -> StateError:
+        return StateError(f"{path} is a damaged run state ({what}); {_STATE_FIX}")
+
+    missing = [k for k in ("epoch", "config", "history") if k not in meta]
+    if missing:
+        raise damaged(f"its metadata lacks {', '.join(missing)}")
+    epoch = int(meta["epoch"]) if meta["epoch"].isascii() and meta["epoch"].isdigit() else -1
+    if epoch < 0:
+        raise damaged(f"its epoch {shown(meta['epoch'])} is not a whole number")
+    try:
+        config, history = json.loads(meta["config"]), json.loads(meta["history"])
+    except (ValueError, RecursionError) as e:
+        raise damaged(f"its config or history is not JSON: {shown(str(e))}") from None
+    if not isinstance(config, dict):
+        raise damaged(f"its config is {shown(config)}, not a mapping of config keys")
+    try:
+        TrainConfig.from_dict(config)
+    except ConfigError as e:
+        raise damaged(f"its config is not valid: {e}") from None
+    if not isinstance(history, list):
+        raise damaged(f"its history is {shown(history)}, not a list of per-epoch rows")
+    for n, row in enumerate(history, 1):
+        why = _bad_row(row)
+        if why:
+            raise damaged(f"row {n} of its history {why}")
+    return epoch, config, history
+
+
+# What every history row holds (the loop writes them; curves, summaries and cards read them), and the
+# numbers some rows hold: an evaluation, or how the epoch was trained.
+_ROW_NUMBERS = ("lr", "train_loss", "train_acc", "epoch_time_s")
+_ROW_OPTIONAL = ("img_per_s", "test_acc", "test_loss", "val_acc", "val_loss", "test_acc_ema", "val_acc_ema")
+
+
+def _bad_row(row: Any) -> str | None:
+    """What is wrong with a history row, if anything."""
+    if not isinstance(row, dict) or type(row.get("epoch")) is not int:
+        return f"is {shown(row)}, not a mapping with an integer epoch"
+    wrong = [k for k in _ROW_NUMBERS if not _is_number(row.get(k))]
+    wrong += [k for k in _ROW_OPTIONAL if k in row and not _is_number(row[k])]
+    if "stack" in row and not (type(row["stack"]) is int and row["stack"] >= 1):
+        wrong.append("stack")
+    if "device" in row and not isinstance(row["device"], str):
+        wrong.append("device")
+    return f"lacks, or has a wrong value for, {', '.join(wrong)}" if wrong else None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# The summary's fields that commands compute with or print as numbers (a card, a report, a publish).
+_SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,), "epochs_done": (int,), "test_acc": (float,), "gpu_minutes": (float,), "survived": (bool,),
+    "diverged_at": (dict,), "final": (dict,), "error": (str,)}
+
+
+def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
+    """``isinstance`` where an int also stands for a float and a bool for neither number."""
+    if float in kinds or int in kinds:
+        return _is_number(value) and (float in kinds or isinstance(value, int))
+    return isinstance(value, kinds)
 
 
 @dataclass
@@ -50,20 +133,24 @@ class RunState:
     momentum: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name → SGD momentum buffer
     ema: dict[str, torch.Tensor] = field(default_factory=dict)
     data_sha256: str = ""  # of the training split's arrays (wnzoo.data.fingerprint); "" in older states
+    origin: str = field(default="the state", compare=False)  # the file it was loaded from, for messages
 
     def restore(self, model: nn.Module, ema: nn.Module | None = None) -> None:
         """Load the weights into ``model`` (and the EMA weights into ``ema``); :attr:`momentum` is
         the training step's to take, once checked to name parameters of ``model``."""
-        try:
-            model.load_state_dict(self.model)
-            if ema is not None:
-                ema.load_state_dict(self.ema)
-        except RuntimeError as e:
-            raise StateError(f"the state's weights do not fit {type(model).__name__} "
-                             f"({' '.join(str(e).split())[:300]}); it is not a state of this recipe") from None
-        unknown = set(self.momentum) - set(dict(model.named_parameters()))
-        if unknown:
-            raise StateError(f"the state has momentum for parameters the model lacks: {sorted(unknown)[:3]}")
+        for tensors, into, what in ((self.model, model, "weights"), (self.ema, ema, "EMA weights")):
+            if into is None:
+                continue
+            misfit = _misfit(tensors, into.state_dict())
+            if misfit:
+                raise StateError(f"{self.origin}: its {what} do not fit {type(into).__name__} ({misfit}); it is not "
+                                 f"a state of this recipe: {_STATE_FIX}")
+            into.load_state_dict(tensors)
+        params = dict(model.named_parameters())
+        misfit = _misfit(self.momentum, {k: params[k] for k in params.keys() & self.momentum.keys()})
+        if misfit:  # a state may lack a parameter's momentum (the step starts it at zero), never have another's
+            raise StateError(f"{self.origin}: its momentum does not fit {type(model).__name__} ({misfit}); it is not "
+                             f"a state of this recipe: {_STATE_FIX}")
 
     def save(self, path: str | os.PathLike) -> None:
         tensors = {f"{group}.{k}": v for group in ("model", "momentum", "ema") for k, v in getattr(self, group).items()}
@@ -80,17 +167,19 @@ class RunState:
             meta = read_metadata(path)
             weights = load_file(path) if tensors else {}
         except (SafetensorError, OSError, ValueError) as e:
-            raise StateError(f"{path} is not a readable run state ({e}); it is damaged: restore a copy, or "
-                             f"move it aside to start the run anew") from e
+            raise StateError(f"{path} is not a readable run state ({e}); it is damaged: {_STATE_FIX}") from e
         if meta.get("format") != STATE_FORMAT:
-            raise StateError(f"{path} is not a wnzoo run state (format {meta.get('format')!r}, expected "
+            raise StateError(f"{path} is not a wnzoo run state (format {shown(meta.get('format'))}, expected "
                              f"{STATE_FORMAT!r})")
+        epoch, config, history = _header(path, meta)
         groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "momentum": {}, "ema": {}}
         for key, t in weights.items():
             group, _, name = key.partition(".")
+            if group not in groups or not name:
+                raise StateError(f"{path} is a damaged run state (tensor {shown(key)} is in none of its groups "
+                                 f"model, momentum, ema); {_STATE_FIX}")
             groups[group][name] = t
-        return cls(int(meta["epoch"]), json.loads(meta["config"]), json.loads(meta["history"]), **groups,
-                   data_sha256=meta.get("data_sha256", ""))
+        return cls(epoch, config, history, **groups, data_sha256=meta.get("data_sha256", ""), origin=str(path))
 
 
 class RunFolder:
@@ -130,6 +219,7 @@ class RunFolder:
             raise StateError(f"{self.path} is being written by another run (it holds {self / self.LOCK}); "
                              f"wait for it to end, or choose another --out") from None
         try:
+            remove_temporaries(self.path)  # of a write that a kill cut short; no one else writes here now
             yield self
         finally:
             lock.release()
@@ -149,7 +239,7 @@ class RunFolder:
         if not self.path.is_dir():
             return []
         return sorted(p.name for p in self.path.iterdir()
-                      if p.name != self.LOCK and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+                      if p.name != self.LOCK and not is_temporary(p.name))
 
     @property
     def state(self) -> Path:
@@ -168,20 +258,63 @@ class RunFolder:
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         atomic_write(self / self.METRICS, lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in history)))
 
+    def _damaged(self, name: str, what: str) -> StateError:
+        """A file of the folder that cannot be read: which, why, and how to get it back."""
+        fix = (f"rebuild it from the run's state with: python train/train.py --export {self.path}" if self.has_state()
+               else "restore it from a copy")
+        return StateError(f"{self / name} is damaged ({what}); {fix}")
+
+    def _text(self, name: str) -> str:
+        try:
+            return (self / name).read_text()
+        except UnicodeDecodeError:
+            raise self._damaged(name, "it is not UTF-8 text") from None
+
     def read_metrics(self) -> list[dict[str, Any]]:
-        return [json.loads(ln) for ln in (self / self.METRICS).read_text().splitlines() if ln.strip()]
+        rows = []
+        for n, line in enumerate(self._text(self.METRICS).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
+                row = None
+            if not isinstance(row, dict):
+                raise self._damaged(self.METRICS, f"line {n} is not a JSON row of an epoch's metrics")
+            rows.append(row)
+        return rows
 
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write(self / self.CONFIG, lambda p: Path(p).write_text(yaml.safe_dump(config, sort_keys=False)))
 
     def read_config(self) -> dict[str, Any]:
-        return yaml.safe_load((self / self.CONFIG).read_text())
+        text = self._text(self.CONFIG)
+        try:
+            config = read_yaml(text)
+        except yaml.YAMLError as e:
+            raise self._damaged(self.CONFIG, f"not the YAML a run writes: {yaml_problem(e)}") from None
+        if not isinstance(config, dict):
+            raise self._damaged(self.CONFIG, f"it holds {shown(config)}, not a mapping of config keys")
+        return config
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self / self.SUMMARY, summary)
 
     def read_summary(self) -> dict[str, Any]:
-        return json.loads((self / self.SUMMARY).read_text())
+        text = self._text(self.SUMMARY)
+        try:
+            summary = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise self._damaged(self.SUMMARY, f"not JSON: {shown(str(e))}") from None
+        if not isinstance(summary, dict):
+            raise self._damaged(self.SUMMARY, f"it holds {shown(summary)}, not a mapping")
+        wrong = [k for k, kinds in _SUMMARY_TYPES.items() if k in summary and not _is_kind(summary[k], kinds)]
+        at = summary.get("diverged_at")
+        if isinstance(at, dict):
+            wrong += [f"diverged_at.{k}" for k in ("epoch", "step", "lr") if k in at and not _is_number(at[k])]
+        if wrong:
+            raise self._damaged(self.SUMMARY, f"{', '.join(wrong)} of the wrong type")
+        return summary
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"

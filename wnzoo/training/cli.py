@@ -99,9 +99,27 @@ def _resume_hint(error: BaseException, outs: list[Path], argv: list[str], resumi
         return None
     if not any(RunFolder(o).has_state() for o in outs):
         return "no epoch had finished, so there is no checkpoint to continue from"
-    cmd = " ".join(shlex.quote(a) for a in [sys.argv[0], *argv] + ([] if resuming else ["--resume"]))
+    cmd = " ".join(shlex.quote(a) for a in [*_program(), *_without_deadline(argv)] + ([] if resuming else ["--resume"]))
     where = outs[0] if len(outs) == 1 else ", ".join(map(str, outs))
     return f"the last finished epoch is saved in {where}; continue with: python {cmd}"
+
+
+def _program() -> list[str]:
+    """How this process was started: ``train/train.py``, or ``-m wnzoo.training.cli`` (a time-boxed job's runs)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    this = __spec__.name if __spec__ is not None else __name__  # under -m, __name__ is "__main__"
+    return ["-m", spec.name] if spec is not None and spec.name == this else [sys.argv[0]]
+
+
+def _without_deadline(argv: list[str]) -> list[str]:
+    """``argv`` less ``--until TIME``: a deadline that has passed would end the continued run after one epoch."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a == "--until" or a.startswith("--until="):
+            skip = a == "--until"
+            continue
+        out.append(a)
+    return out
 
 
 def _folders(args: argparse.Namespace) -> list[Path]:
@@ -118,9 +136,27 @@ def _folders(args: argparse.Namespace) -> list[Path]:
     return [Path(o) for o in args.out]
 
 
+# What --export may be given with: the other options train, and would be ignored.
+_EXPORT_FLAGS = {"config": "-c", "set": "--set", "out": "--out", "resume": "--resume", "time_limit": "--time-limit",
+                 "until": "--until", "state_only": "--state-only", "compile_cache": "--compile-cache"}
+
+
+def _check_flags(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options that the chosen mode would silently ignore."""
+    if args.export:
+        given = [flag for key, flag in _EXPORT_FLAGS.items() if getattr(args, key) not in (None, False, [])]
+        if given:
+            ap.error(f"--export only writes a run's files from its state; it takes --data and -q, not "
+                     f"{', '.join(given)}")
+    elif args.data is not None:
+        ap.error("--data goes with --export; to train on a data folder, pass --set data=DIR")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+    ap = _parser()
+    args = ap.parse_args(argv)
+    _check_flags(ap, args)
     outs: list[Path] = []
 
     def body() -> int:

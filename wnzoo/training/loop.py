@@ -42,7 +42,7 @@ from ..data import DataError, DeviceData, fingerprint, load_split, train_val_ind
 from ..evaluation import evaluate, load_test_data
 from ..registry import create_model
 from .checkpoint import RunFolder, RunState, StateError
-from .config import NON_RECIPE_KEYS, ConfigError, TrainConfig, check_stack
+from .config import NON_RECIPE_KEYS, ConfigError, TrainConfig, check_stack, shown, world_from_env
 from .plots import plot_curves
 from .schedule import LRSchedule
 from .stack import Stacked, stack_models
@@ -119,7 +119,8 @@ class _Stack:
 # ---- build ---------------------------------------------------------------------------------------
 
 def _setup_device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    env = world_from_env()
+    world = env.world
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
         raise ConfigError("device=cuda but this machine has no usable CUDA device; use --set device=cpu (or auto)")
@@ -130,7 +131,7 @@ def _setup_device(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     rank = dist.get_rank() if world > 1 else 0
     if not use_cuda:
         return rank, world, torch.device("cpu")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = env.local_rank
     torch.cuda.set_device(local)
     torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -309,7 +310,7 @@ def _open_state(folder: RunFolder, cfg: TrainConfig, resume: bool, tensors: bool
     ran = {**TrainConfig().to_dict(), **state.config}  # a key added since the run started has its default
     diff = {k: (ran.get(k), v) for k, v in cfg.to_dict().items() if k not in NON_RECIPE_KEYS and ran.get(k) != v}
     if diff:
-        lines = ", ".join(f"{k}: run has {a!r}, given {b!r}" for k, (a, b) in diff.items())
+        lines = ", ".join(f"{k}: run has {shown(a)}, given {shown(b)}" for k, (a, b) in diff.items())
         raise ConfigError(f"--resume with a different recipe ({lines}); resume with the run's own config.yaml "
                           f"or start a new --out folder")
     return state
@@ -546,7 +547,7 @@ def train_stack(cfgs: Sequence[TrainConfig], out_dirs: Sequence[str | os.PathLik
         raise ConfigError("two runs of the stack share an output folder; give each run its own")
     resumes = [resume] * len(cfgs) if isinstance(resume, bool) else list(resume)
     log_epochs = progress if log_epochs is None else log_epochs
-    main = int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ.get("RANK", "0")) == 0
+    main = world_from_env().rank == 0
     for cfg, out, r in zip(cfgs, out_dirs, resumes):  # first without the locks: a refused folder gets no lock file
         _open_state(RunFolder(out), cfg, r, tensors=False)
     with contextlib.ExitStack() as locks:
@@ -560,10 +561,13 @@ def train_stack(cfgs: Sequence[TrainConfig], out_dirs: Sequence[str | os.PathLik
                 continue
             if log_epochs and main:  # nothing to train, and nothing is rewritten
                 print(f"{folder.path} already finished its {state.epoch} epochs; nothing to train", flush=True)
-            written = folder.read_summary() if (folder / RunFolder.SUMMARY).is_file() else {}
-            # an older summary (paused, say) is not the run's
-            results[i] = written if written.get("status") == "finished" else _summary(
-                state.config, state.history, dict(status="finished"))
+            results[i] = _written_summary(folder, state.epoch)
+            files = (RunFolder.WEIGHTS, RunFolder.METRICS, RunFolder.CONFIG, RunFolder.CURVES)
+            # stopped while writing its files at the end (a signal, a full disk): write them
+            if results[i].get("status") != "finished" or (export and not all((folder / f).is_file() for f in files)):
+                results[i] = _summary(state.config, state.history, dict(status="finished"))
+                if export and main:
+                    _write_exports(folder, state, results[i])
         if todo:
             stack = _build([cfgs[i] for i in todo], [folders[i] for i in todo], [states[i] for i in todo],
                            data or _load_data, compile_cache)
@@ -625,6 +629,7 @@ def export_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
     folder = RunFolder(run_dir)
     if not folder.has_state():
         raise FileNotFoundError(f"{folder.state} not found: {folder.path} is not a run folder")
+    folder.read_state(tensors=False)  # a damaged state is refused before the folder gets a lock file
     with folder.claim():
         return _export(folder, data, device)
 
@@ -632,6 +637,8 @@ def export_run(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
 def _export(folder: RunFolder, data: str | os.PathLike | None, device: str) -> dict[str, Any]:
     state = folder.read_state()
     cfg = TrainConfig.from_dict(state.config)
+    model = create_model(cfg.model, num_classes=None, **cfg.model_args)
+    state.restore(model)  # the state's weights must be this architecture's, whether evaluated or not
     on_gpu = any(r.get("device", "cpu") != "cpu" for r in state.history)
     status = "finished" if state.epoch >= cfg.epochs else "paused"
     extra: dict[str, Any] = dict(status=status, world_size=1, device="cuda" if on_gpu else "cpu")
@@ -644,13 +651,22 @@ def _export(folder: RunFolder, data: str | os.PathLike | None, device: str) -> d
                 raise
             print(f"warning: the final weights are not evaluated: {e}. Pass the test data (--data)", flush=True)
         else:
-            model = create_model(cfg.model, num_classes=None, **cfg.model_args)
-            model.load_state_dict(state.model)
             res = evaluate(model.to(device), test)
             extra.update(eval_split="test", test_acc=res["top1"], test_loss=res["loss"], test_measured_by="export_run")
-    summary = _summary(state.config, state.history, extra)
+    written = _written_summary(folder, state.epoch)
+    summary = {**written, **{k: v for k, v in _summary(state.config, state.history, extra).items() if k not in written}}
     _write_exports(folder, state, summary)
     return summary
+
+
+def _written_summary(folder: RunFolder, epoch: int) -> dict[str, Any]:
+    """The summary the run wrote when it stopped at ``epoch``, if any: it holds what the state does not
+    (how and where the run trained, a divergence), so an export keeps it and only adds to it."""
+    try:
+        written = folder.read_summary() if (folder / RunFolder.SUMMARY).is_file() else {}
+    except ValueError:  # damaged: rebuilt from the state
+        return {}
+    return written if isinstance(written, dict) and written.get("epochs_done") == epoch else {}
 
 
 def throughput(cfg: TrainConfig, seconds: float = 5.0, warmup_steps: int = 5, images: int = 2560,

@@ -17,6 +17,7 @@ metrics and curves of a run on any machine.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import statistics
@@ -24,14 +25,13 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterator, Sequence
+from typing import IO, Sequence
 
 import torch
 
-from .._cli import BAD_INPUT, DIVERGED, OK
+from .._cli import BAD_INPUT, DIVERGED, OK, interrupt, stopping_on
 from .checkpoint import RunFolder
 from .config import ConfigError, TrainConfig, load_config, stack_group
 from .loop import epoch_share
@@ -120,6 +120,9 @@ def default_stack(runs: Sequence[QueuedRun], devices: Sequence[str | None]) -> i
     return MAX_STACK if on_gpu else 1
 
 
+MAX_MINUTES = 525_600  # a year: a job's deadline is a time, which a larger budget would overflow
+
+
 def parse_devices(text: str | None) -> list[str | None]:
     """``--devices cuda:0,cuda:1`` (or ``cpu``; a device may repeat) as a list; ``None``: the
     runs' own ``device`` key, and the machine's default GPU."""
@@ -131,6 +134,11 @@ def parse_devices(text: str | None) -> list[str | None]:
             raise ConfigError(f"--devices takes cpu or cuda:N, comma-separated (e.g. cuda:0,cuda:1), got {d!r}")
     if not devices:
         raise ConfigError("--devices is empty; name at least one device, e.g. cuda:0")
+    gpus = torch.cuda.device_count()
+    missing = [d for d in devices if d != "cpu" and int(d[5:]) >= gpus]
+    if missing:
+        raise ConfigError(f"--devices names {', '.join(missing)}, but this machine has {gpus} usable CUDA device(s); "
+                          f"name those it has ({', '.join(f'cuda:{i}' for i in range(gpus)) or 'cpu'})")
     return devices
 
 
@@ -138,12 +146,21 @@ def _unit_name(unit: Sequence[QueuedRun]) -> str:
     return unit[0].name if len(unit) == 1 else f"{unit[0].name}+{len(unit) - 1}"
 
 
+def _write(sinks: list[IO[str]], text: str) -> None:
+    """``text`` to every sink; a sink that closed (the terminal's reader went away: ``| head``) is
+    dropped, and the others (the job's log) keep every line. The caller holds the sinks' lock."""
+    for sink in list(sinks):
+        try:
+            sink.write(text)
+            sink.flush()
+        except (OSError, ValueError):  # a closed pipe, or a file closed at the job's end
+            sinks.remove(sink)
+
+
 def _pump(stream: IO[str], prefix: str, sinks: list[IO[str]], lock: threading.Lock) -> None:
     for line in stream:
         with lock:
-            for sink in sinks:
-                sink.write(f"[{prefix}] {line}" if line.strip() else line)
-                sink.flush()
+            _write(sinks, f"[{prefix}] {line}" if line.strip() else line)
 
 
 def _signal(p: subprocess.Popen, sig: int) -> None:
@@ -166,30 +183,6 @@ def _stop(procs: dict[str, subprocess.Popen], wait_s: float = 10.0) -> None:
             p.wait()
 
 
-# A scheduler's time limit, a spot instance's notice, a closed terminal.
-_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-@contextmanager
-def _on_termination(handler: Callable | int) -> Iterator[None]:
-    """``handler`` for SIGTERM and SIGHUP within the block. The runs live in their own process
-    groups, so a job ended by a signal must stop them itself or they outlive it. Only the main
-    thread can set handlers; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {signum: signal.signal(signum, handler) for signum in _TERMINATING}
-    try:
-        yield
-    finally:
-        for signum, previous in saved.items():
-            signal.signal(signum, previous)
-
-
 class _Job:
     """The processes of one job: starting stacks on free devices, collecting their exits, stopping them
     at the deadline."""
@@ -208,8 +201,7 @@ class _Job:
 
     def say(self, text: str) -> None:
         with self.lock:
-            for sink in self.sinks:
-                sink.write(text + "\n")
+            _write(self.sinks, text + "\n")
 
     def _env(self, device: str | None) -> dict[str, str]:
         """The child's environment: a GPU of the job is the only one it sees (as ``cuda``)."""
@@ -263,7 +255,9 @@ class _Job:
 
     def run(self, grace_s: float, min_start_s: float) -> None:
         try:
-            with _on_termination(_interrupt):  # SIGTERM, SIGHUP: as Ctrl-C
+            # SIGTERM, SIGHUP: as Ctrl-C. The runs live in their own process groups, so a job ended by a
+            # signal must stop them itself, or they outlive it.
+            with stopping_on(interrupt):
                 while self.queue or self.procs:
                     self.reap()
                     left = self.deadline - time.time()
@@ -275,7 +269,7 @@ class _Job:
                         self.stop_all(grace_s)
                     time.sleep(0.2)
         except BaseException:  # Ctrl-C, a signal, or a run that cannot start: no run is left behind
-            with _on_termination(signal.SIG_IGN):  # a second signal must not cut the stopping short
+            with stopping_on(signal.SIG_IGN):  # a second signal must not cut the stopping short
                 _stop({name: p for name, (p, _, _) in self.procs.items()})
             raise
         finally:
@@ -299,8 +293,11 @@ def run_queue(configs: Sequence[str | os.PathLike], out: str | os.PathLike, minu
     (its last complete epoch is kept); none starts with under ``min_start_s`` left. Returns the
     runs, with their status.
     """
-    if not minutes > 0:
-        raise ConfigError(f"--time-limit must be a positive number of minutes, got {minutes!r}")
+    if not 0 < minutes <= MAX_MINUTES:
+        raise ConfigError(f"--time-limit must be a positive number of minutes, at most {MAX_MINUTES} (a year), got "
+                          f"{minutes!r}")
+    if not 0 <= grace_s < math.inf:
+        raise ConfigError(f"--grace must be a number of seconds >= 0 (default {DEFAULT_GRACE_S:.0f}), got {grace_s!r}")
     if parallel < 1:
         raise ConfigError(f"--parallel must be at least 1, got {parallel!r}")
     if stack is not None and stack < 1:
