@@ -252,7 +252,7 @@ ROWS = [  # (class, cli, arguments ({name} is a path of the world, {tmp} a new f
     ("faults", "eval", "--model wn_resnet20.c10 --data {data} --json {a_file}/rows.json", "a file stands where"),
     ("faults", "sigprop", "--model wn_resnet20 --out {a_file}/x.png", "a file stands where a folder is needed"),
     ("faults", "timebox", "{bad_yaml} --out {tmp}/job --time-limit 1 --results {a_file}/r.md", "a file stands where"),
-    ("faults", "timebox", "{bad_yaml} --out {tmp}/job --time-limit 1 --log {tmp}", "it is a folder; a file is needed"),
+    ("faults", "timebox", "{bad_yaml} --out {tmp}/job --time-limit 1 --log {tmp}", "it is a folder; choose another path"),
     ("faults", "timebox", "{bad_yaml} --out {a_file} --time-limit 1", "a folder is needed here"),
     ("configs", "timebox", "{recipe} --out {tmp}/job --time-limit 1e308", "at most 525600 (a year)"),
     ("configs", "lr_robustness", "--out {tmp}/s --data {data} --shard ''", "--shard takes i/n with 0 <= i < n"),

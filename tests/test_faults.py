@@ -133,6 +133,7 @@ def _can_mount() -> bool:
     return subprocess.run(["unshare", "-r", "-m", "sh", "-c", probe], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow  # 8 s; the fast suite has the simulated full disk (test_bad_input.py)
 @pytest.mark.skipif(not _can_mount(), reason="mounting a small tmpfs needs user namespaces (unshare -r -m)")
 def test_a_real_full_disk_keeps_the_last_epoch_and_the_resume_command_works(data, tmp_path):
     """A 5 MiB tmpfs holds a run's first epoch (2.1 MiB state, 1.0 MiB weights) but not the second
@@ -245,7 +246,7 @@ def test_the_resume_command_of_a_time_boxed_run_is_one_that_runs(monkeypatch):
         "-c", "a.yaml", "--out", "x"]
 
 
-@pytest.mark.parametrize("script", ["train/train.py", "eval/cifar.py", "hub/publish.py"])
+@pytest.mark.parametrize("script", ["train/train.py", pytest.param("hub/publish.py", marks=pytest.mark.slow)])
 def test_a_signal_while_a_command_starts_ends_it_with_130(script):
     proc = subprocess.Popen([sys.executable, str(REPO / script), "--help"], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

@@ -29,10 +29,9 @@ class TrainingDiverged(RuntimeError):
 
 
 _FULL_DISK = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-_FIXES = {errno.ENOSPC: "free some space", getattr(errno, "EDQUOT", errno.ENOSPC): "free some space",
-          errno.EROFS: "choose a writable place", errno.EACCES: "choose a writable place",
-          errno.EPERM: "choose a writable place", errno.EISDIR: "a file is needed there: choose another path",
-          errno.ENOTDIR: "a folder is needed there: choose another path"}
+_FIXES = {**{code: "free some space" for code in _FULL_DISK},
+          **{code: "choose a writable place" for code in (errno.EROFS, errno.EACCES, errno.EPERM)},
+          **{code: "choose another path" for code in (errno.EISDIR, errno.ENOTDIR)}}
 
 
 def describe(e: BaseException) -> str:
