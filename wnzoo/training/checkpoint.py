@@ -96,8 +96,8 @@ def _bad_row(row: Any) -> str | None:
     """What is wrong with a history row, if anything."""
     if not isinstance(row, dict) or type(row.get("epoch")) is not int:
         return f"is {shown(row)}, not a mapping with an integer epoch"
-    wrong = [k for k in _ROW_NUMBERS if not _is_number(row.get(k))]
-    wrong += [k for k in _ROW_OPTIONAL if k in row and not _is_number(row[k])]
+    wrong = [k for k in _ROW_NUMBERS if not _is_real(row.get(k))]
+    wrong += [k for k in _ROW_OPTIONAL if k in row and not _is_real(row[k])]
     if "stack" in row and not (type(row["stack"]) is int and row["stack"] >= 1):
         wrong.append("stack")
     if "device" in row and not isinstance(row["device"], str):
@@ -105,7 +105,9 @@ def _bad_row(row: Any) -> str | None:
     return f"lacks, or has a wrong value for, {', '.join(wrong)}" if wrong else None
 
 
-def _is_number(v: Any) -> bool:
+def _is_real(v: Any) -> bool:
+    """A number (not a bool), NaN and infinity included, unlike a config value's check: a logged
+    loss may be either."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -118,7 +120,7 @@ _SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
 def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
     """``isinstance`` where an int also stands for a float and a bool for neither number."""
     if float in kinds or int in kinds:
-        return _is_number(value) and (float in kinds or isinstance(value, int))
+        return _is_real(value) and (float in kinds or isinstance(value, int))
     return isinstance(value, kinds)
 
 
@@ -311,7 +313,7 @@ class RunFolder:
         wrong = [k for k, kinds in _SUMMARY_TYPES.items() if k in summary and not _is_kind(summary[k], kinds)]
         at = summary.get("diverged_at")
         if isinstance(at, dict):
-            wrong += [f"diverged_at.{k}" for k in ("epoch", "step", "lr") if k in at and not _is_number(at[k])]
+            wrong += [f"diverged_at.{k}" for k in ("epoch", "step", "lr") if k in at and not _is_real(at[k])]
         if wrong:
             raise self._damaged(self.SUMMARY, f"{', '.join(wrong)} of the wrong type")
         return summary
