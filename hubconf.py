@@ -1,4 +1,5 @@
-"""torch.hub entry points, one per wnzoo architecture: ``torch.hub.load('<owner>/wnzoo', NAME, pretrained=True)``.
+"""torch.hub entry points, one per wnzoo architecture, for a clone of this repository:
+``torch.hub.load('path/to/wnzoo', NAME, source='local', pretrained=True)``.
 
 ``pretrained=True`` works for the names with published weights (``wnzoo.list_models(pretrained=True)``;
 each entry's docstring says whether it has them); every name builds with the paper's init.

@@ -1,8 +1,12 @@
 """A real Hub-compatible server for tests: olah 0.5.4 in offline mode serving git repos from a folder.
 
-See docs/hub-server.md (shared docs) for the setup and olah's quirks: a missing repo, file or revision
-all come back as ``RepositoryNotFoundError``, ``/`` answers 500 (so readiness is probed on an API
-path), and committed files of 121–149 bytes that are not UTF-8 make it fail.
+Setup: ``olah==0.5.4`` (the ``test`` extra) and the ``git`` binary, which olah reads the repos with; a
+repo serves what is committed, not its working tree. ``mirrors-path`` can be set only in the TOML
+file, and ``offline = true`` is required, else every request first asks huggingface.co. olah is a
+read-only mirror: a commit made in the mirror folder (``add_commit``) is served on the next request,
+and uploads go through ``hub_write_server.py``. Its quirks: a missing repo, file or revision all
+come back as ``RepositoryNotFoundError``, ``/`` answers 500 (so readiness is probed on an API path),
+and committed files of 121–149 bytes that are not UTF-8 make it fail (it parses them as LFS pointers).
 """
 from __future__ import annotations
 

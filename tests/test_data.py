@@ -10,6 +10,10 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from wnzoo.data import DataError, detect_source, load_split
+import wnzoo.data
+from wnzoo.data import DataError, HubUnreachable, detect_source, load_split
+from wnzoo.hub import hub_unreachable
 
 N_TRAIN, N_TEST = 25, 10
 
@@ -147,6 +153,8 @@ def test_hub_id_goes_through_datasets(dataset, monkeypatch):
                                           features=features)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(wnzoo.data, "hub_unreachable", lambda *args, **kwargs: None)  # the Hub answers
+    monkeypatch.delenv("WNZOO_DATA", raising=False)
     assert detect_source(None, dataset) == ("hub", f"uoft-cs/{dataset}")
     images, labels = load_split(None, dataset, "test")
     assert calls == [(f"uoft-cs/{dataset}", "test")]
@@ -158,17 +166,79 @@ def test_hub_id_without_network_says_use_data(tmp_path):
     """Offline (HF_HUB_OFFLINE, empty cache): a DataError that tells the user about --data, no traceback."""
     pytest.importorskip("datasets")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    code = ("from wnzoo.data import DataError, load_split\n"
+    code = ("from wnzoo.data import HubUnreachable, load_split\n"
             "try:\n    load_split('uoft-cs/cifar10', 'cifar10', 'test')\n"
-            "except DataError as e:\n    print('DataError:', e)\n")
+            "except HubUnreachable as e:\n    print('HubUnreachable:', e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
-    assert out.startswith("DataError: could not load the 'test' split of the HF dataset 'uoft-cs/cifar10'")
-    assert "With no network (or HF_HUB_OFFLINE=1), pass a local folder (--data DIR" in out
+    assert out.startswith("HubUnreachable: HF_HUB_OFFLINE is set and the datasets cache has no 'test' split of the HF "
+                          "dataset 'uoft-cs/cifar10'")
+    assert "pass a local folder (--data DIR; to train, --set data=DIR; or set WNZOO_DATA=DIR)" in out
     assert "hf download uoft-cs/cifar10 --repo-type dataset --local-dir DIR" in out
+
+
+class _NotFound(BaseHTTPRequestHandler):
+    def do_HEAD(self) -> None:  # a Hub that answers, with no such repo
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def endpoint(monkeypatch):
+    """Point huggingface_hub at ``url`` (as HF_ENDPOINT does when it is imported), online."""
+    import huggingface_hub.constants as c
+
+    def set_endpoint(url: str) -> None:
+        monkeypatch.setattr(c, "ENDPOINT", url)
+        monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+
+    monkeypatch.delenv("WNZOO_DATA", raising=False)
+    return set_endpoint
+
+
+def test_a_hub_that_does_not_answer_fails_at_once(endpoint, tmp_path, monkeypatch, capsys):
+    """No retries (23 s of waiting per request): one request, then one line that says to pass --data; the data
+    default of training is the same code path."""
+    import huggingface_hub.constants as c
+
+    from wnzoo.training.cli import main as train
+
+    endpoint("http://127.0.0.1:9")  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(HubUnreachable, match=r"^the HF dataset 'uoft-cs/cifar10' cannot be loaded: the Hub at "
+                                             r"http://127.0.0.1:9 cannot be reached \(ConnectError: .*\); pass a local "
+                                             r"folder \(--data DIR; to train, --set data=DIR; or set WNZOO_DATA=DIR\)"):
+        load_split(None, "cifar10", "test")
+    assert time.monotonic() - start < 15
+    recipe = Path(__file__).resolve().parent.parent / "configs" / "wn_resnet20_c10_short.yaml"
+    assert train(["-c", str(recipe), "--set", "data=null", "--out", str(tmp_path / "run"),
+                  "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the HF dataset 'uoft-cs/cifar10' cannot be loaded") and len(err.splitlines()) == 1
+    assert time.monotonic() - start < 30, "two commands, each asking the Hub once"
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    assert hub_unreachable("uoft-cs/cifar10", "README.md", repo_type="dataset") == "HF_HUB_OFFLINE is set"
+
+
+def test_a_hub_that_answers_is_left_to_say_what_is_wrong(endpoint):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint(f"http://127.0.0.1:{server.server_address[1]}")
+        assert hub_unreachable("uoft-cs/cifar10", "README.md", repo_type="dataset") is None
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_hub_id_without_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # as on the GPU machine: import fails
+    monkeypatch.setattr(wnzoo.data, "hub_unreachable", lambda *args, **kwargs: None)  # the Hub answers
     with pytest.raises(DataError, match=r"needs the `datasets` package \(pip install datasets\); or pass a local folder \(--data DIR"):
         load_split("uoft-cs/cifar10", "cifar10", "test")
 

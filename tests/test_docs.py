@@ -29,6 +29,13 @@ def test_the_readme_says_what_is_published_as_the_records_do():
             assert f"`{row.variant}`" in block.split("no weights yet")[0]
 
 
+def test_the_readme_cites_the_zoo_as_its_cards_do():
+    from wnzoo.model_card import WNZOO_CITATION
+
+    assert WNZOO_CITATION in (REPO / "README.md").read_text()
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+
+
 def test_the_status_follows_the_records(tmp_path):
     rec = next(iter(published.variants().values()))
     full = dataclasses.replace(rec, arch="wn_resnet110", epochs=182, metrics=dict(rec.metrics, top1=93.4))
@@ -52,6 +59,20 @@ def test_torch_hub_docstrings_say_which_entries_have_weights():
                 else "no pretrained weights yet" in doc)
 
 
+def test_the_readmes_torch_hub_line_loads_from_a_clone():
+    import torch
+
+    readme = (REPO / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if "torch.hub.load(" in x)
+    assert 'torch.hub.load("path/to/wnzoo", ' in line and 'source="local"' in line  # a folder, not a GitHub repo
+    scope = {"torch": torch}
+    exec(line.replace("path/to/wnzoo", str(REPO)), scope)
+    assert type(scope["model"]).__name__ == "CifarResNet" and scope["model"].default_cfg["architecture"] == "wn_resnet56"
+    import hubconf
+
+    assert "torch.hub.load('path/to/wnzoo', NAME, source='local'" in hubconf.__doc__
+
+
 def test_train_help_lists_every_config_key_with_its_meaning():
     text = _parser().format_help()
     for f in dataclasses.fields(TrainConfig):
@@ -68,8 +89,9 @@ def test_recipes_name_no_data_path_and_load():
 
 def test_every_docs_reference_in_the_code_resolves():
     refs = set()
-    for path in [*REPO.glob("wnzoo/**/*.py"), *REPO.glob("configs/*.yaml"), *REPO.glob("*.md")]:
-        refs |= set(re.findall(r"(docs/[\w.]+\.md)(?: §([\d.]+))?", path.read_text()))
+    code = [*REPO.glob("wnzoo/**/*.py"), *REPO.glob("*/*.py"), *REPO.glob("*.py")]  # *.py: the CLIs and tests
+    for path in [*code, *REPO.glob("configs/*.yaml"), *REPO.glob("*.md")]:
+        refs |= set(re.findall(r"(docs/[\w.-]+\.md)(?: §([\d.]+))?", path.read_text()))
     assert refs
     for doc, section in refs:
         assert (REPO / doc).is_file(), doc

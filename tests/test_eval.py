@@ -113,17 +113,18 @@ def _row(**kw) -> dict:
 
 
 def test_format_table():
-    rows = [_row(), _row(model="wn_resnet164.c100", dataset="cifar100", top1=74.5, top5=93.25, card_top1=None,
-                         paper_top1=74.69, bn_twin_top1=74.4, delta_card=None, weights="my.safetensors",
+    rows = [_row(), _row(model="wn_resnet164.c100", dataset="cifar100", top1=74.5, top5=93.25, card_top1=74.2,
+                         paper_top1=74.69, bn_twin_top1=74.4, delta_card=None, weights="runs/x/model.safetensors",
                          published=False)]
     lines = format_table(rows).splitlines()
     assert lines[0].split() == ["model", "params", "dataset", "top-1", "top-5", "card", "paper", "BN", "twin",
                                 "Δ", "card", "img/s"]
     assert lines[2].split() == ["wn_resnet56.c10", "0.86M", "cifar10", "92.90", "—", "92.80", "92.80", "—", "+0.10",
                                 "1234"]
-    assert lines[3].split() == ["wn_resnet164.c100", "*", "0.86M", "cifar100", "74.50", "93.25", "—", "74.69",
+    # a checkpoint is named by its file, beside the published variant's card, with no difference to it
+    assert lines[3].split() == ["runs/x/model.safetensors", "0.86M", "cifar100", "74.50", "93.25", "74.20", "74.69",
                                 "74.40", "—", "1234"]
-    assert lines[4] == "* weights from my.safetensors"
+    assert len(lines) == 4
     lines = format_table(rows[:1]).splitlines()  # no CIFAR-100 row: no top-5 column, which would say "—" only
     assert lines[0].split() == ["model", "params", "dataset", "top-1", "card", "paper", "BN", "twin", "Δ", "card",
                                 "img/s"]
@@ -203,7 +204,8 @@ def test_cli_table_json_and_paper(tmp_path, tiny_data, capsys, nothing_published
     assert row["top1"] == round(plain_top1("wn_resnet56", ckpt, tiny_data), 2)
     assert row["params"] == sum(p.numel() for p in wnzoo.create_model("wn_resnet56").parameters())
     assert row["paper_top1"] == 92.80 and row["card_top1"] is None and row["images_per_s"] > 0
-    table_line = next(line for line in out.splitlines() if line.startswith("wn_resnet56.c10 *"))
+    assert row["weights"] == str(ckpt) and row["delta_card"] is None
+    table_line = next(line for line in out.splitlines() if line.startswith(f"{ckpt} "))
     assert f"{row['top1']:.2f}" in table_line.split()
     paper_line = next(line for line in out.splitlines() if "ResNet-56" in line and "+ warmup" in line)
     assert paper_line.split()[-4:] == [f"{100 - row['top1']:.2f}", "wn_resnet56.c10", "(not", "published)"]
@@ -212,7 +214,13 @@ def test_cli_table_json_and_paper(tmp_path, tiny_data, capsys, nothing_published
 def test_cli_exit_status_follows_the_card(tmp_path, tiny_data, capsys, monkeypatch):
     ckpt = save_checkpoint("wn_resnet20", tmp_path / "model.safetensors")
     measured = round(plain_top1("wn_resnet20", ckpt, tiny_data), 2)
-    args = ["--checkpoint", str(ckpt), "--model", "wn_resnet20.c10", "--data", str(tiny_data)]
+    published_weights = wnzoo.evaluation._build  # the release copy stands in for the verified download
+
+    def build(name, checkpoint):
+        return published_weights(name, checkpoint or ckpt)
+
+    monkeypatch.setattr(wnzoo.evaluation, "_build", build)
+    args = ["--model", "wn_resnet20.c10", "--data", str(tiny_data)]
     monkeypatch.setattr(wnzoo.evaluation, "TEST_SPLIT_SIZE", 20)  # let the 20 images stand for the whole split
 
     publish_as(monkeypatch, ckpt, measured)
@@ -224,16 +232,40 @@ def test_cli_exit_status_follows_the_card(tmp_path, tiny_data, capsys, monkeypat
     err = capsys.readouterr().err
     assert f"error: wn_resnet20.c10 measures {measured:.2f} % top-1, its card says {measured + 0.06:.2f} %" in err
 
-    # a file that is not the published one (sha256 differs) is reported, not held to the card
-    publish_as(monkeypatch, None, measured + 5)
-    assert eval_cifar.main(args) == 0
-    assert "-5.00" in capsys.readouterr().out
+    # the user's checkpoint is its own row, never held to the card, even when it is the published file
+    for same_file in (True, False):
+        publish_as(monkeypatch, ckpt if same_file else None, measured + 5)
+        assert eval_cifar.main(args[:1] + ["wn_resnet20", "--checkpoint", str(ckpt)] + args[2:]) == 0
+        captured = capsys.readouterr()
+        line = next(ln for ln in captured.out.splitlines() if ln.startswith(str(ckpt)))
+        assert line.split()[3:] == [f"{measured:.2f}", f"{measured + 5:.2f}", "—", "—", "—", line.split()[-1]]
+        assert "wn_resnet20.c10" not in captured.out and "error" not in captured.err
 
     # a subset of the test split is not held to the card either, and the user is told
     publish_as(monkeypatch, ckpt, measured + 5)
     monkeypatch.setattr(wnzoo.evaluation, "TEST_SPLIT_SIZE", 10_000)
     assert eval_cifar.main(args) == 0
     assert "note: wn_resnet20.c10 was measured on 20 images, not the whole test split" in capsys.readouterr().err
+
+
+def test_cli_reads_the_architecture_and_dataset_of_a_run_folder(tmp_path, tiny_data, capsys, nothing_published):
+    """``--checkpoint`` of a training run needs no ``--model``: its config.yaml names the model and dataset."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for dataset, tag in (("cifar10", "c10"), ("cifar100", "c100")):
+        save_file(wnzoo.create_model(f"wn_resnet20.{tag}").state_dict(), str(run / "model.safetensors"))
+        (run / "config.yaml").write_text(f"model: wn_resnet20\ndataset: {dataset}\nepochs: 1\n")
+        for args in (["--checkpoint", str(run / "model.safetensors")], ["--checkpoint", str(run), "--model",
+                                                                         "wn_resnet20"]):
+            assert eval_cifar.main(args + ["--data", str(tiny_data), "--json", str(tmp_path / "rows.json"),
+                                           "--force"]) == 0, capsys.readouterr().err
+            row = json.loads((tmp_path / "rows.json").read_text())[0]
+            assert (row["model"], row["dataset"], row["published"]) == (f"wn_resnet20.{tag}", dataset, False)
+    (run / "config.yaml").write_text("model: resnet50\ndataset: cifar10\n")
+    capsys.readouterr()
+    assert eval_cifar.main(["--checkpoint", str(run), "--data", str(tiny_data)]) == 2
+    assert capsys.readouterr().err == (f"error: {run / 'config.yaml'} names model 'resnet50' on dataset 'cifar10', "
+                                       f"not a zoo architecture on one of ['cifar10', 'cifar100']; pass --model ARCH\n")
 
 
 def test_cli_nothing_published(capsys, nothing_published):
@@ -245,7 +277,11 @@ def test_cli_nothing_published(capsys, nothing_published):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "wn_resnt20"], "error: unknown model 'wn_resnt20'. Did you mean wn_resnet20"),
-    (["--checkpoint", "x.safetensors"], "error: a checkpoint needs exactly one architecture to load it into"),
+    (["--checkpoint", "x.safetensors"], "error: weights file x.safetensors does not exist"),
+    (["--checkpoint", "{ckpt}"], "error: {ckpt}: no --model, and no config.yaml of a training run beside it to name "
+                                 "its architecture; pass --model ARCH (e.g. --model wn_resnet20)\n"),
+    (["--checkpoint", "{ckpt}", "--model", "wn_resnet20", "bn_resnet20"],
+     "error: a checkpoint needs exactly one architecture to load it into"),
     (["--model", "wn_resnet20"], "error: wn_resnet20: wn_resnet20.c10 has no published weights yet"),
     (["--model", "wn_resnet20", "--checkpoint", "missing.safetensors"],
      "error: wn_resnet20: pretrained file missing.safetensors does not exist"),
@@ -257,7 +293,7 @@ def test_cli_bad_input_is_a_message(args, message, tmp_path, capsys, nothing_pub
     ckpt = save_checkpoint("wn_resnet20", tmp_path / "model.safetensors")
     args = [a.format(ckpt=ckpt, tmp=tmp_path) for a in args]
     assert eval_cifar.main(args) == 2
-    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert message.format(tmp=tmp_path, ckpt=ckpt) in capsys.readouterr().err
 
 
 def test_missing_dataset_does_not_hide_the_other_rows(tmp_path, tiny_data, capsys, monkeypatch, nothing_published):
@@ -266,7 +302,7 @@ def test_missing_dataset_does_not_hide_the_other_rows(tmp_path, tiny_data, capsy
     root = tmp_path / "root"
     (root / "cifar10").mkdir(parents=True)
     (tiny_data / "test.npz").rename(root / "cifar10" / "test.npz")
-    monkeypatch.setattr(wnzoo.evaluation, "_build", lambda name, ckpt: (wnzoo.create_model(name), name, True))
+    monkeypatch.setattr(wnzoo.evaluation, "_build", lambda name, ckpt: (wnzoo.create_model(name), name))
     assert eval_cifar.main(["--model", "wn_resnet20.c10", "wn_resnet20.c100", "--data", str(root)]) == 2
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
@@ -281,14 +317,37 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env=dict(os.environ, **(env or {})))
 
 
-def test_cli_hub_data_offline(tmp_path):
-    """Default --data is the HF id; offline that is an error that points at --data, not a traceback."""
-    ckpt = save_checkpoint("wn_resnet20", tmp_path / "model.safetensors")
-    res = run_cli("--checkpoint", str(ckpt), "--model", "wn_resnet20",
-                  env=dict(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf")))
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr
-    assert "HF dataset 'uoft-cs/cifar10'" in res.stderr and "pass a local folder (--data DIR" in res.stderr
+# main() timed in a fresh process: huggingface_hub and datasets read HF_* when they are imported
+_TIMED_MAIN = ("import importlib.util, sys, time\n"
+               "spec = importlib.util.spec_from_file_location('eval_cifar', sys.argv[1])\n"
+               "cli = importlib.util.module_from_spec(spec)\n"
+               "spec.loader.exec_module(cli)\n"
+               "start = time.perf_counter()\n"
+               "code = cli.main(sys.argv[2:])\n"
+               "print(code, round(time.perf_counter() - start, 2))\n")
+
+
+@pytest.mark.parametrize("env, reason", [
+    (dict(HF_HUB_OFFLINE="1"), "error: HF_HUB_OFFLINE is set and the datasets cache has no 'test' split of the HF "
+                               "dataset 'uoft-cs/cifar10' ("),
+    (dict(HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9"),  # nothing listens there
+     "error: the HF dataset 'uoft-cs/cifar10' cannot be loaded: the Hub at http://127.0.0.1:9 cannot be reached "
+     "(ConnectError: "),
+], ids=["offline", "unreachable"])
+def test_cli_hub_data_offline_fails_at_once(env, reason, tmp_path):
+    """``python eval/cifar.py`` as a fresh clone runs it with no network: the published weights come from
+    their release copies, and the default --data, the HF id, is one line that points at --data (and
+    $WNZOO_DATA), in seconds, not after the retries of each download (72 s for the two variants)."""
+    if not wnzoo.published.load():
+        pytest.skip("nothing is published")
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), **env)  # an empty cache
+    env.pop("WNZOO_DATA", None)
+    res = subprocess.run([sys.executable, "-c", _TIMED_MAIN, str(CLI)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=env)
+    code, seconds = res.stdout.split()
+    assert code == "2" and res.stderr.startswith(reason) and len(res.stderr.splitlines()) == 1, res.stderr
+    assert "pass a local folder (--data DIR; to train, --set data=DIR; or set WNZOO_DATA=DIR)" in res.stderr
+    assert float(seconds) < 15, seconds  # models built from their release copies, the Hub asked once
 
 
 def _quick_real_checkpoint(cifar10_dir: Path, path: Path) -> Path:

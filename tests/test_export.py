@@ -45,8 +45,6 @@ def test_onnx_of_the_fused_model_runs_in_onnxruntime(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_onnx_of_the_fused_model_keeps_top1_on_the_real_test_set(name, cifar10_dir, tmp_path):
-    fused = _fused(name)
-    data = load_test_data(cifar10_dir, "cifar10")
-    ours, onnx = evaluate(fused, data), evaluate(_onnx(fused, str(tmp_path / "model.onnx")), data)
-    assert onnx["n"] == 10_000 and onnx["top1"] == ours["top1"]
-    assert onnx["top1"] == pytest.approx(published.get(name).top1, abs=0.05)  # the card's number
+    """The card's number to the image, as the fused model itself gives it (test_hub.py checks that)."""
+    onnx = evaluate(_onnx(_fused(name), str(tmp_path / "model.onnx")), load_test_data(cifar10_dir, "cifar10"))
+    assert onnx["n"] == 10_000 and round(onnx["top1"], 2) == published.get(name).top1

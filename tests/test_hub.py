@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import timm
 import torch
 import yaml
 from huggingface_hub import ModelCard
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import wnzoo
@@ -30,11 +32,11 @@ from wnzoo import hub, published
 from wnzoo._io import save_safetensors
 from wnzoo.data import DeviceData
 from wnzoo.evaluation import evaluate
-from wnzoo.model_card import MODEL_CARD, variant_card, zoo_card
-from wnzoo.registry import twin_name
+from wnzoo.model_card import MODEL_CARD, WNZOO_CITATION, variant_card, zoo_card
+from wnzoo.registry import norm_of, twin_name
 from wnzoo.publish import (REPO_ROOT, PublishError, Run, recipe_notes, commit_message, local_revision,
-                           publish, recipe_for, verify_folder)
-from wnzoo.published import HubFolder, PublishedVariant
+                           publish, recipe_for, refresh, verify_folder, write_derived)
+from wnzoo.published import HubFolder, PublishedVariant, ReleaseDir
 from wnzoo.training import RunState, load_config
 from wnzoo.training.plots import plot_curves
 
@@ -68,14 +70,16 @@ def _accuracy(model: torch.nn.Module, data: Path) -> float:
     return evaluate(model, DeviceData.from_arrays(x["images"], x["labels"], "cifar10"))["top1"]
 
 
-def make_run(root: Path, data: Path, weights_seed: int = 0, logged_offset: float = 0.3, **overrides) -> Path:
-    """A finished run folder as wnzoo/training/loop.py writes it, for wn_resnet20 on CIFAR-10."""
-    run = root / "wn_resnet20_c10_short"
+def make_run(root: Path, data: Path, weights_seed: int = 0, logged_offset: float = 0.3, arch: str = "wn_resnet20",
+             **overrides) -> Path:
+    """A finished run folder as wnzoo/training/loop.py writes it, for ``arch`` on CIFAR-10 (its short recipe)."""
+    recipe = RECIPE.with_name(f"{arch}_c10_short.yaml")
+    run = root / recipe.stem
     run.mkdir(parents=True)
     torch.manual_seed(weights_seed)
-    model = wnzoo.create_model("wn_resnet20")
-    cfg = load_config(RECIPE, dict(data=str(data), **overrides)).to_dict()
-    save_safetensors(run / "model.safetensors", model.state_dict(), {"architecture": "wn_resnet20", "epoch": "15"})
+    model = wnzoo.create_model(arch)
+    cfg = load_config(recipe, dict(data=str(data), **overrides)).to_dict()
+    save_safetensors(run / "model.safetensors", model.state_dict(), {"architecture": arch, "epoch": "15"})
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     history = [dict(epoch=e, lr=0.1, train_loss=2.0, train_acc=10.0, test_acc=10.0, test_loss=2.3, epoch_time_s=1.0,
                     img_per_s=100.0) for e in range(1, cfg["epochs"] + 1)]
@@ -83,9 +87,9 @@ def make_run(root: Path, data: Path, weights_seed: int = 0, logged_offset: float
     history[-1]["test_acc"] = _accuracy(wnzoo.fuse(model), data) + logged_offset
     RunState(len(history), cfg, history, model.state_dict()).save(run / "state.safetensors")  # never published
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    plot_curves(history, run / "curves.png")
+    plot_curves(history, run / "curves.png", f"{arch} on cifar10")
     (run / "summary.json").write_text(json.dumps(dict(
-        model="wn_resnet20", dataset="cifar10", eval_split="test", status="finished", epochs_done=cfg["epochs"],
+        model=arch, dataset="cifar10", eval_split="test", status="finished", epochs_done=cfg["epochs"],
         device="cpu", world_size=1, seconds_this_session=1200.0, test_acc=history[-1]["test_acc"], final=history[-1])))
     return run
 
@@ -389,6 +393,46 @@ def test_release_copy_records_and_zoo_card(zoo):
     assert f"| `{NAME}` | CIFAR-10 | 0.27 M | 15 | **{rec.metrics['top1']:.2f}** |" in zoo["zoo_card_path"].read_text()
 
 
+def twin_line(rec: PublishedVariant, twin: PublishedVariant | None) -> str:
+    """The row of ``rec``'s card that names its twin, as the records say it must read."""
+    name = twin_name(rec.name)
+    return (f"| {norm_of(name).upper()} twin `{name}` | " +
+            (f"{twin.top1:.2f} | wnzoo, {twin.epochs} epochs |" if twin else "not published yet | |"))
+
+
+def test_publishing_a_twin_regenerates_the_other_twins_card(zoo, fake_data, tmp_path):
+    """The WN card names its BN twin's accuracy: publishing the twin rewrites it and re-pins the WN copy,
+    in the same transaction; the WN weights and numbers stay as they were."""
+    root = shutil.copytree(zoo["root"], tmp_path / "zoo", ignore=shutil.ignore_patterns("runs"))
+    paths = dict(release_dir=root / "hub", published_json=root / "published.json", zoo_card_path=root / "MODEL_CARD.md")
+    wn_before = published.load(paths["published_json"])[NAME]
+    assert twin_line(wn_before, None) in (paths["release_dir"] / NAME / "README.md").read_text()
+    bn, _ = publish(make_run(tmp_path / "runs", fake_data, arch="bn_resnet20"), data=fake_data, **paths)
+    records = published.load(paths["published_json"])
+    wn = records[NAME]
+    assert records == {NAME: wn, bn.name: bn} and bn.name == twin_name(NAME)
+    assert wn.revision != wn_before.revision and wn == dataclasses.replace(wn_before, revision=wn.revision)
+    for rec, twin in ((wn, bn), (bn, wn)):
+        release = paths["release_dir"] / rec.name
+        verify_folder(release, rec)
+        assert local_revision(release, commit_message(rec)) == rec.revision
+        assert twin_line(rec, twin) in (release / "README.md").read_text()
+    assert sorted(p.name for p in paths["release_dir"].iterdir()) == sorted([NAME, bn.name, ReleaseDir.LOCK])
+    assert paths["zoo_card_path"].read_text() == zoo_card(records)
+    assert refresh(NAME, **paths) == wn  # the copy is what the code writes: nothing to regenerate
+
+
+def test_a_folder_published_before_config_json_said_where_it_trained_keeps_what_its_card_said(zoo, tmp_path):
+    folder = shutil.copytree(zoo["folder"], tmp_path / NAME)
+    config = json.loads((folder / "config.json").read_text())
+    assert config.pop("trained_on") == {"hardware": ["cpu"], "world_size": 1}  # from the run's summary
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    card = (folder / "README.md").read_text()
+    write_derived(folder, zoo["rec"], None)
+    assert json.loads((folder / "config.json").read_text())["trained_on"] == {"hardware": ["cpu"], "world_size": 1}
+    assert (folder / "README.md").read_text() == card and "Trained on cpu, 0 minutes of training epochs." in card
+
+
 def test_dry_run_builds_and_verifies_only(zoo, fake_data, tmp_path):
     paths = dict(release_dir=tmp_path / "hub", published_json=tmp_path / "p.json", zoo_card_path=tmp_path / "M.md")
     rec, folder = publish(zoo["run"], f"wnzoo/{NAME}", data=fake_data, dry_run=True, out=tmp_path / "out", **paths)
@@ -453,7 +497,7 @@ def test_recipe_overrides_become_set_flags(fake_data, tmp_path):
     assert load_config(RECIPE, [o.strip("'") for o in overrides]).to_dict() | {"data": run.config["data"]} == run.config
 
 
-def test_push_then_load_end_to_end(zoo, fake_data, olah_server, hub_env, records, monkeypatch, tmp_path):
+def test_push_then_load_end_to_end(zoo, fake_data, olah_server, hub_env, records, monkeypatch, tmp_path, caplog):
     """publish --push through HfApi to a write endpoint in front of olah, then load it back through olah."""
     from hub_write_server import HubWriteServer
 
@@ -484,6 +528,21 @@ def test_push_then_load_end_to_end(zoo, fake_data, olah_server, hub_env, records
         assert_weights(wnzoo.create_model(NAME, pretrained=True), paths["release_dir"] / NAME / "model.safetensors")
         records({NAME: rec1})  # the first release stays loadable at its pinned revision
         assert_weights(wnzoo.create_model(NAME, pretrained=True), zoo["folder"] / "model.safetensors")
+
+        # the twin: the card of the variant on the Hub changes only with a push, which refresh makes
+        bn_repo = f"{repo_id.split('/')[0]}/{twin_name(NAME)}"
+        with caplog.at_level(logging.WARNING, logger="wnzoo.publish"):
+            bn, _ = publish(make_run(tmp_path / "bn", fake_data, arch="bn_resnet20"), bn_repo, data=fake_data,
+                            push=True, endpoint=write.url, **paths)
+        assert f"refresh {NAME} --push" in caplog.text and published.load(paths["published_json"])[NAME] == rec2
+        with pytest.raises(PublishError, match=f"{NAME} is on the Hub \\(v2\\), so its card changes only with a "
+                                               f"new Hub commit: add --push"):
+            refresh(NAME, **paths)
+        rec3 = refresh(NAME, push=True, endpoint=write.url, **paths)
+        assert (rec3.hub_tag, rec3.sha256) == ("v3", rec2.sha256) and rec3.revision == write.git(repo, "rev-parse", "v3^{commit}")
+        assert published.load(paths["published_json"]) == {NAME: rec3, bn.name: bn}
+        assert twin_line(rec3, bn) in (paths["release_dir"] / NAME / "README.md").read_text()
+        assert refresh(NAME, push=True, endpoint=write.url, **paths) == rec3  # nothing changed: no commit
     finally:
         write.stop()
 
@@ -515,6 +574,11 @@ def test_cli_dry_run_and_errors(zoo, fake_data, tmp_path, capsys):
     assert "built and verified (dry run)" in capsys.readouterr().out
     assert cli.main([str(tmp_path / "nope"), "--repo-id", f"wnzoo/{NAME}"]) == 2
     assert "is not a finished run folder" in capsys.readouterr().err
+    assert cli.main(["--refresh", "wn_resnet1202.c10"]) == 2  # nothing written: it is not published
+    assert capsys.readouterr().err.startswith("error: wn_resnet1202.c10 is not published (published: ")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--refresh", NAME, "--data", str(fake_data)])
+    assert e.value.code == 2 and "it takes --push only" in capsys.readouterr().err
 
 
 # model cards ------------------------------------------------------------------------------------------
@@ -543,7 +607,7 @@ def test_zoo_card_compares_with_paper_and_twin():
 
 def test_variant_card_lists_the_files_it_has():
     cfg = load_config(RECIPE).to_dict()
-    card = variant_card(_record("wn_resnet56.c10", 92.61), train_cfg=cfg, summary={}, history=[], reproduce="x",
+    card = variant_card(_record("wn_resnet56.c10", 92.61), train_cfg=cfg, trained={}, history=[], reproduce="x",
                         recipe_notes="", files=["recipe.yaml"], twin=None)
     assert "Files: [`recipe.yaml`](recipe.yaml) (the resolved training config).\n" in card.text
     assert "one line per epoch" not in card.text and "no row for resnet56" not in card.text
@@ -558,7 +622,7 @@ def test_a_fork_with_its_own_tag_is_the_callers_repo():
 def test_variant_card_shows_paper_and_twin_rows():
     rec = _record("wn_resnet56.c10", 92.61)
     cfg = load_config(RECIPE).to_dict()
-    card = variant_card(rec, train_cfg=dict(cfg, epochs=200), summary={}, history=[], reproduce="python train/train.py -c X",
+    card = variant_card(rec, train_cfg=dict(cfg, epochs=200), trained={}, history=[], reproduce="python train/train.py -c X",
                         recipe_notes="", files=[], twin=_record("bn_resnet56.c10", 93.12))
     text = card.text
     assert "| paper, this recipe: WN w/ proposed init + warmup | 92.80 ± 0.12 |" in text
@@ -583,6 +647,30 @@ def test_published_records_schema():
         assert set(rec.metrics) == {"top1", "top5"} and 0 < rec.metrics["top1"] <= 100
         assert (REPO_ROOT / rec.recipe).is_file() and isinstance(rec.params, int)
         assert name in wnzoo.list_models(pretrained=True)  # the import-time cfgs know it
+
+
+@pytest.mark.parametrize("name", sorted(published.load()))
+def test_committed_card_names_its_twin_as_the_records_do(name):
+    records = published.load()
+    rec, twin = records[name], records.get(twin_name(name))
+    text = (hub.RELEASE_DIR / name / "README.md").read_text()
+    assert twin_line(rec, twin) in text, f"{name}'s card is stale: python hub/publish.py --refresh {name}"
+    assert WNZOO_CITATION in text
+
+
+@pytest.mark.parametrize("name", sorted(published.load()))
+def test_committed_release_copy_is_what_the_code_writes(name, tmp_path):
+    """The card (twin, citation, recipe and its notes, reproduce command) and config.json as
+    write_derived writes them today, and curves.png titled as it titles them."""
+    records = published.load()
+    release = hub.RELEASE_DIR / name
+    again = shutil.copytree(release, tmp_path / name)
+    write_derived(again, records[name], records.get(twin_name(name)))
+    stale = f"is stale: regenerate it with python hub/publish.py --refresh {name}"
+    for file in (HubFolder.CARD, HubFolder.CONFIG):
+        assert (release / file).read_text() == (again / file).read_text(), f"{release / file} {stale}"
+    title = Image.open(again / HubFolder.CURVES).text["Title"]
+    assert Image.open(release / HubFolder.CURVES).text.get("Title") == title, f"{release / HubFolder.CURVES} {stale}"
 
 
 @pytest.mark.parametrize("name", sorted(published.load()))

@@ -35,9 +35,23 @@ from wnzoo._io import save_safetensors, sha256_file
 from wnzoo.model_card import zoo_card, zoo_status
 from wnzoo.publish import STATUS_END, STATUS_START, PublishError, publish, push_folder
 from wnzoo.published import ReleaseDir
+from wnzoo.registry import twin_name
 
 DEAD_ENDPOINT = "http://127.0.0.1:9"  # nothing listens there
 README = f"# zoo\n{STATUS_START}\n{{status}}\n{STATUS_END}\nrest\n"
+TWIN = twin_name(NAME)
+_REVISIONS: dict[tuple, str] = {}
+
+
+def pinned_revision(folder: Path, message: str) -> str:
+    """``local_revision``, a function of the files: computed once per folder's content."""
+    key = (message, *((p.name, sha256_file(p)) for p in sorted(folder.iterdir())))
+    if key not in _REVISIONS:
+        _REVISIONS[key] = LOCAL_REVISION(folder, message)
+    return _REVISIONS[key]
+
+
+LOCAL_REVISION = publish_mod.local_revision
 
 
 # fixtures ---------------------------------------------------------------------------------------------
@@ -48,28 +62,44 @@ def built(tmp_path_factory, fake_data):  # noqa: F811
     out = {}
     for seed in (0, 5):
         run = make_run(root / f"runs{seed}", fake_data, weights_seed=seed)
-        out[run] = publish(run, f"wnzoo/{NAME}", data=fake_data, dry_run=True, out=root / f"folder{seed}")
+        out[run] = publish(run, f"wnzoo/{NAME}", data=fake_data, dry_run=True, out=root / f"folder{seed}",
+                           published_json=root / "none.json")  # no twin published
     return out
 
 
+@pytest.fixture(scope="module")
+def built_twin(tmp_path_factory, fake_data):  # noqa: F811
+    """A finished run of the twin and its verified Hub folder: (run, record, folder)."""
+    root = tmp_path_factory.mktemp("built-twin")
+    run = make_run(root / "runs", fake_data, arch="bn_resnet20")
+    return run, *publish(run, f"wnzoo/{TWIN}", data=fake_data, dry_run=True, out=root / "folder",
+                         published_json=root / "none.json")
+
+
 @pytest.fixture
-def quick(built, monkeypatch) -> dict[Path, published.PublishedVariant]:
-    """Publishing reuses the built folders instead of building and evaluating again; returns run → record."""
+def quick(built, built_twin, monkeypatch) -> dict[Path, published.PublishedVariant]:
+    """Publishing reuses the built folders instead of building and evaluating again, and a twin's files
+    regenerated once; returns run → record."""
     def build(run, repo_id, stage, *args):
         assert stage.parent.name.startswith(f"wnzoo-publish-{os.getpid()}-")  # a killed publish's is found later
-        rec, folder = built[run.dir]
+        rec, folder = built[run.dir] if run.dir in built else built_twin[1:]
         shutil.copytree(folder, stage)
         return rec
 
-    revisions = {}
-    pin = publish_mod.local_revision
+    derived = {}
+    write_derived = publish_mod.write_derived
 
-    def revision(folder: Path, message: str) -> str:  # a function of the files: computed once per folder
-        key = (message, *((p.name, sha256_file(p)) for p in sorted(folder.iterdir())))
-        return revisions[key] if key in revisions else revisions.setdefault(key, pin(folder, message))
+    def regenerate(folder: Path, rec, twin) -> None:  # a function of the folder and the records: computed once
+        key = (repr(rec), repr(twin), *((p.name, sha256_file(p)) for p in sorted(folder.iterdir())))
+        if key not in derived:
+            write_derived(folder, rec, twin)
+            derived[key] = {p.name: p.read_bytes() for p in folder.iterdir()}
+        for name, data in derived[key].items():
+            (folder / name).write_bytes(data)
 
     monkeypatch.setattr(publish_mod, "_build_and_verify", build)
-    monkeypatch.setattr(publish_mod, "local_revision", revision)
+    monkeypatch.setattr(publish_mod, "local_revision", pinned_revision)
+    monkeypatch.setattr(publish_mod, "write_derived", regenerate)
     return {run: rec for run, (rec, _) in built.items()}
 
 
@@ -111,12 +141,12 @@ def zoo_paths(root: Path) -> dict[str, Path]:
 
 def leftovers(paths: dict[str, Path]) -> list[str]:
     release_dir = paths["release_dir"]
-    return sorted(p.name for p in release_dir.iterdir() if p.name not in (NAME, ReleaseDir.LOCK)) if (
+    return sorted(p.name for p in release_dir.iterdir() if p.name not in (NAME, TWIN, ReleaseDir.LOCK)) if (
         release_dir.is_dir()) else []
 
 
 def assert_consistent(paths: dict[str, Path]) -> None:
-    """Nothing left behind, and the release copy, the cards and the records agree."""
+    """Nothing left behind, and the release copies, the cards and the records agree."""
     records = published.load(paths["published_json"])
     assert leftovers(paths) == []
     card = paths["zoo_card_path"]
@@ -127,6 +157,12 @@ def assert_consistent(paths: dict[str, Path]) -> None:
     assert card.with_name("README.md").read_text() == README.format(status=zoo_status(records))
     if NAME in records:
         publish_mod.verify_folder(paths["release_dir"] / NAME, records[NAME])
+    if TWIN in records:  # its card names the variant as the records have it, and its record pins that card
+        publish_mod.verify_folder(paths["release_dir"] / TWIN, records[TWIN])
+        line = f"{records[NAME].top1:.2f} | wnzoo" if NAME in records else "not published yet"
+        assert f"| WN twin `{NAME}` | {line}" in (paths["release_dir"] / TWIN / "README.md").read_text()
+        assert pinned_revision(paths["release_dir"] / TWIN, publish_mod.commit_message(records[TWIN])) == (
+            records[TWIN].revision)
 
 
 class Faults:
@@ -141,9 +177,10 @@ class Faults:
             monkeypatch.setattr(mod, name, self._wrap(getattr(mod, name)))
         pin, last_phase = publish_mod.local_revision, publish_mod._pin_and_record
 
-        def pinned(*args, **kwargs):
+        def pinned(*args, **kwargs):  # the first pin of a publish (a twin's comes later, in its last phase)
             revision = pin(*args, **kwargs)
-            self.calls, self.armed = 0, True
+            if not self.armed:
+                self.calls, self.armed = 0, True
             return revision
 
         def disarmed(*args, **kwargs):
@@ -221,6 +258,40 @@ def test_a_publish_interrupted_at_any_step_loads_the_old_or_the_new_variant(repl
     assert k > 10 and "old" in outcomes and "new" in outcomes, outcomes  # interrupted before and after the commit
 
 
+def test_a_publish_interrupted_at_any_step_changes_both_twins_or_neither(quick, built_twin, loader, monkeypatch,
+                                                                        tmp_path):
+    """The twin's card names the variant: its regenerated copy and re-pinned record are part of the
+    transaction, so after an interruption and the next load both copies are the old or both the new."""
+    (run_a, built_a), _ = quick.items()
+    run_twin, twin_rec, twin_folder = built_twin
+    warm = zoo_paths(tmp_path / "warm")  # the stand-ins' caches filled: the k-th step is the same in every attempt
+    publish(run_twin, f"wnzoo/{TWIN}", **warm)
+    publish(run_a, f"wnzoo/{NAME}", **warm)
+    faults = Faults(monkeypatch)
+    outcomes = []
+    for k in range(1, 200):
+        paths = zoo_paths(tmp_path / f"k{k}")
+        twin = publish(run_twin, f"wnzoo/{TWIN}", **paths)[0]  # alone: its card says the variant is not published
+        faults.k = k
+        try:
+            publish(run_a, f"wnzoo/{NAME}", **paths)
+        except KeyboardInterrupt:
+            faults.k = 0
+        else:
+            break
+        records = published.load(paths["published_json"])
+        outcomes.append("new" if NAME in records else "old")
+        assert (records[TWIN] == twin) == (NAME not in records), k  # the twin's new pin comes with the variant
+        assert loader(paths) == (built_a.sha256 if NAME in records else None), k  # finishes or undoes the publish
+        assert_consistent(paths)
+    else:
+        pytest.fail("the publish never completed")
+    records = published.load(paths["published_json"])
+    assert records[TWIN] != twin and records[TWIN].sha256 == twin_rec.sha256
+    assert_consistent(paths)
+    assert k > 10 and "old" in outcomes and "new" in outcomes, outcomes
+
+
 def test_a_second_publish_waits_for_the_first_then_says_so(quick, loader, monkeypatch, tmp_path):
     (run_a, built_a), (run_b, _) = quick.items()
     paths = zoo_paths(tmp_path)
@@ -251,12 +322,17 @@ def _interrupted(*args):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("journal", ["{not json", "[]", '{"name": 5}', "escaping"])
+@pytest.mark.parametrize("journal", ["{not json", "[]", '{"name": 5}', "escaping", "twin escaping", "twin twice"])
 def test_a_damaged_journal_is_one_line_that_names_it_and_the_fix(journal, quick, loader, tmp_path, capsys):
     paths = _interrupted_after_commit(quick, tmp_path)
     file = paths["release_dir"] / ReleaseDir.JOURNAL
+    written = json.loads(file.read_text())
     if journal == "escaping":  # a journal whose paths would leave the release dir
-        journal = json.dumps(dict(json.loads(file.read_text()), name="../../elsewhere"))
+        journal = json.dumps(dict(written, name="../../elsewhere"))
+    elif journal == "twin escaping":  # so would the copy of a twin that changes with it
+        journal = json.dumps(dict(written, also=[dict(written["new"], arch="../../elsewhere")]))
+    elif journal == "twin twice":
+        journal = json.dumps(dict(written, also=[written["new"]]))
     file.write_text(journal)
     def load() -> int:
         loader(paths)

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from wnzoo import create_model, reproduce
-from wnzoo.robustness import blocks_for_depth, depth_sweep, divergence_grid, hessian_at_init, hessian_spectral_norm
+from wnzoo import create_model, reproduce, robustness
+from wnzoo.robustness import (blocks_for_depth, depth_sweep, divergence_grid, hessian_at_init, hessian_spectral_norm,
+                               hessian_sweep)
 from wnzoo.training.config import TrainConfig
 
 from conftest import REPO
@@ -118,8 +120,87 @@ def test_verdicts_are_computed_from_the_rows():
     rows[1]["survived"] = True  # default trains at 10 layers too; now make it train at 100
     rows[3]["survived"] = True
     assert not reproduce._depth_report(rows, 10).supported
-    h = [dict(init=s, seed=0, log_norm=v) for s, v in (("proposed", 2.0), ("default_orthogonal", 9.0), ("datadep", 1.0))]
-    assert not reproduce._hessian_report(h, "wn_wrn40_10").supported
+    h = [dict(init=s, seed=0, spectral_norm=math.exp(v), log_norm=v)
+         for s, v in (("proposed", 2.0), ("default_orthogonal", 9.0), ("datadep", 1.0))]
+    assert not reproduce._hessian_report(h, "wn_wrn40_10", "WRN-40-1").supported
+
+
+def test_a_zero_hessian_vector_product_is_reported_as_such_not_as_an_overflow(tiny_data, tmp_path, monkeypatch):
+    flat = _Quadratic(torch.zeros(3, 3))
+    assert hessian_spectral_norm(flat, [(torch.zeros(1), torch.zeros(1))], iters=3, loss_fn=_quadratic_loss(flat)) == 0
+    norms = {"proposed": 0.0, "datadep": math.inf, "default_orthogonal": math.exp(2.0)}
+    monkeypatch.setattr("wnzoo.robustness.hessian_at_init", lambda cfg, *a: norms[cfg.init])
+    rows = hessian_sweep(_base(tiny_data, eval_every=0), list(norms), [0], 1, 1, tmp_path / "h", progress=False)
+    assert [(r["spectral_norm"], r["log_norm"]) for r in rows] == [(0.0, None), (None, None), (norms["default_orthogonal"],
+                                                                                                pytest.approx(2.0))]
+    assert [robustness._outcome(r) for r in rows] == ["zero HVP", "overflow", "ln|H| 2.00"]
+    report = reproduce._hessian_report(rows, "wn_wrn40_10", "WRN-40-1")
+    assert "| proposed | 1.31 ± 0.12 | zero HVP | 1 |" in report.table
+    assert "| data-dependent | 3.01 ± 0.02 | overflow | 1 |" in report.table
+    assert not report.supported and "smallest ln spectral norm is default_orthogonal's (2.00; proposed zero HVP" in \
+        report.verdict  # a zero product measured nothing; an overflow ranks last
+
+
+def test_the_depth_verdict_checks_every_scheme_against_the_paper_figure():
+    def rows(diverge: set[str]) -> list[dict]:  # these schemes diverge from 100 layers on, the others train
+        return [dict(depth=d, init=s, seed=0, survived=not (s in diverge and d > 10), test_acc=30.0)
+                for d in (10, 100) for s in reproduce.SCHEMES]
+
+    paper_like = reproduce._depth_report(rows({"default_orthogonal"}), 10)
+    assert paper_like.supported and paper_like.verdict.startswith(
+        "supported: PyTorch default (orth.) trains at 10 layers and fails at 100: yes; data-dependent trains at every "
+        "depth: yes; stage-wise Hanin trains at every depth: yes; proposed trains at every depth: yes")
+    ours = reproduce._depth_report(rows({"default_orthogonal", "datadep", "hanin"}), 10)
+    assert not ours.supported and "data-dependent trains at every depth: no; stage-wise Hanin trains at every depth: " \
+        "no; proposed trains at every depth: yes" in ours.verdict
+
+
+def test_presets_follow_the_authors_code_and_the_cpu_warmup_is_a_ramp():
+    recipe = REPO / reproduce.RECIPE
+    for experiment in ("depth_sweep", "lr_robustness"):
+        for scale in reproduce.SCALES:
+            cfg = reproduce.experiment_config(experiment, scale, recipe)
+            assert (cfg.weight_decay, cfg.cutout, cfg.momentum, cfg.schedule) == (0, 0, 0, "constant")
+    depth = reproduce.experiment_config("depth_sweep", "paper", recipe)
+    assert (depth.model_args, depth.lr, depth.batch_size) == ({"widths": [32, 64, 128]}, 0.01, 128)  # --wrn_k 2
+    assert reproduce.preset("hessian", "paper").params["batches"] == 35  # 10 % of the code's 352 batches
+    grid = reproduce.experiment_config("lr_robustness", "cpu", recipe)
+    steps = grid.subset // grid.batch_size  # one 'epoch', the warmup's length
+    assert steps >= 32 and f"{steps} steps of {grid.batch_size}" in " ".join(reproduce.preset("lr_robustness",
+                                                                                              "cpu").reductions)
+    assert reproduce._title("hessian", reproduce.experiment_config("hessian", "cpu", recipe), "cpu") == \
+        "WRN-40-1 (wn_wrn40_10 with widths=[16, 32, 64]) on CIFAR-10, scale cpu"
+
+
+def test_figures_give_each_scheme_its_own_panel_and_keep_the_legend_off_the_data():
+    recipe, names = REPO / reproduce.RECIPE, list(reproduce.paper.ROBUSTNESS_SCHEMES.values())
+    same = [dict(init=s, lr=lr, warmup_epochs=w, seed=0, survived=lr < 0.05) for s in reproduce.SCHEMES
+            for w in (0, 1) for lr in (0.001, 0.01, 0.1)]  # identical curves: once they hid each other
+    depth = [dict(depth=d, init=s, seed=0, survived=d == 10, test_acc=30.0) for d in (10, 100) for s in reproduce.SCHEMES]
+    hess = [dict(init=s, seed=0, spectral_norm=2.0, log_norm=math.log(2.0)) for s in reproduce.SCHEMES]
+    for experiment, rows, panels in (("lr_robustness", same, 8), ("depth_sweep", depth, 4), ("hessian", hess, 2)):
+        exp, cfg = reproduce.EXPERIMENTS[experiment], reproduce.experiment_config(experiment, "cpu", recipe)
+        fig = exp.figure(rows, exp.report(rows, cfg), cfg, "t")
+        assert len(fig.axes) == panels and all(ax.get_legend() is None for ax in fig.axes)
+        if experiment == "hessian":  # the paper's log and our ln on axes of their own
+            assert [ax.get_title() for ax in fig.axes] == ["paper: log‖H‖ (base unstated), WRN-40-10",
+                                                           "ours: ln‖H‖, WRN-40-1"]
+            continue
+        assert len(fig.legends) == 1 and [ax.get_title() for ax in fig.axes[:4]] == names
+        for ax in fig.axes:  # ours and the paper's curve, of the panel's scheme only
+            assert len({line.get_color() for line in ax.get_lines() if line.get_marker() == "o"}) == 1
+        legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+        assert ("after 90 steps of 32" if experiment == "depth_sweep" else "runs of 80 steps of 64") in legend
+
+
+@pytest.mark.parametrize("experiment", list(reproduce.EXPERIMENTS))
+def test_cli_help_says_the_default_scale_the_measured_time_and_the_exit_codes_that_apply(experiment, capsys):
+    with pytest.raises(SystemExit) as e:
+        reproduce.cli(experiment, ["--help"], repo=REPO)
+    exp, text = reproduce.EXPERIMENTS[experiment], " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and "cpu (the default)" in text and f"--scale cpu took {exp.cpu_time}" in text
+    assert "Exit codes: 0 ok, 2 bad input" in text and "1 a published" not in text and "3 training" not in text
+    assert all(" ".join(d.split()) in text for d in exp.differences)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -151,12 +232,17 @@ def test_the_committed_cpu_results_are_what_their_rows_say(experiment):
     folder = REPO / "results" / f"{experiment}-cpu"
     res = json.loads((folder / "results.json").read_text())
     journal = [json.loads(x) for x in (folder / "journal.jsonl").read_text().splitlines()]
-    assert journal[1:] == res["rows"]  # the table is built from every journaled row, and only those
+    key = lambda row: json.dumps(row, sort_keys=True)  # noqa: E731
+    assert sorted(journal[1:], key=key) == sorted(res["rows"], key=key)  # the table is built from every journaled
+    # row, and only those (a merge journals the shards' rows shard by shard, the results hold them in cell order)
     cfg = TrainConfig.from_dict(res["config"])
     report = reproduce.EXPERIMENTS[experiment].report(res["rows"], cfg)
-    text = reproduce.render(res["what"], reproduce._title(experiment, cfg, "cpu"), report, tuple(res["reductions"]))
+    exp = reproduce.EXPERIMENTS[experiment]
+    text = reproduce.render(res["what"], reproduce._title(experiment, cfg, "cpu"), report, tuple(res["reductions"]),
+                            exp.differences)
     assert (folder / "table.md").read_text() == text and res["verdict"] == report.verdict
     assert res["reductions"] == list(reproduce.preset(experiment, "cpu").reductions)
+    assert res["differences"] == list(exp.differences)
     assert (folder / f"{experiment}.png").stat().st_size > 10_000
 
 

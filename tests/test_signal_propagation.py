@@ -124,6 +124,7 @@ def test_signal_propagation_leaves_model_untouched_and_plots(tmp_path):
     assert (tmp_path / "sp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fig = signal_propagation_figure(res)
     assert [[t.get_text() for t in a.texts] for a in fig.axes] == [["stage 1", "stage 2", "stage 3"]] * 2
+    assert all(a.get_legend() is None for a in fig.axes) and len(fig.legends) == 1  # under the panels, off the curves
 
 
 def test_cli_writes_png(tmp_path):

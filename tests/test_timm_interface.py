@@ -1,6 +1,10 @@
-"""timm's generic model checks (its ``tests/test_models.py``), run on every zoo model.
+"""timm's generic model checks (its ``tests/test_models.py``), run on one model of each code path.
 
-ResNet-20 of each family runs in the default suite, every other name under ``slow``. Where timm's
+The zoo's names differ only in the family (WN or BN) and the graph: a ResNet (6n+2) has a stem and a
+final BN in its BN twin and no projection in its first stage, a WideResNet (6n+4) neither norm and a
+projection there. Every check runs on ResNet-20 of each family in the default suite and WRN-16-4 of
+each family under ``slow``; the other names, deeper or wider copies of those graphs, are each built
+and run on one image under ``slow`` (every name's parameter count is in test_models.py). Where timm's
 check reads ``first_conv + '.weight'`` from the state dict, a WN stem has ``g`` and ``v`` instead;
 the check here is on the module's weight, which both families have.
 """
@@ -20,8 +24,10 @@ from tests.test_models import ALL_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script's deprecation notice
 
-SMALL = ["wn_resnet20", "bn_resnet20"]
-NAMES = [pytest.param(n, marks=[] if n in SMALL else pytest.mark.slow) for n in ALL_NAMES]
+FAST = ["wn_resnet20", "bn_resnet20"]
+WIDE = ["wn_wrn16_4", "bn_wrn16_4"]
+NAMES = FAST + [pytest.param(n, marks=pytest.mark.slow) for n in WIDE]
+OTHERS = [pytest.param(n, marks=pytest.mark.slow) for n in ALL_NAMES if n not in FAST + WIDE]
 
 
 def _x(batch: int = 1) -> torch.Tensor:
@@ -29,13 +35,7 @@ def _x(batch: int = 1) -> torch.Tensor:
 
 
 def _fx(model: torch.nn.Module, train: bool = False) -> torch.nn.Module:
-    """timm's ``_create_fx_model``: a torchvision feature extractor returning the model's outputs.
-
-    torchvision names the graph's nodes in time quadratic in depth (6 minutes for the 1,202-layer
-    nets), so those are traced with ``torch.fx.symbolic_trace`` itself, which checks the same thing.
-    """
-    if len(list(model.modules())) > 1000:
-        return torch.fx.symbolic_trace(model)
+    """timm's ``_create_fx_model``: a torchvision feature extractor returning the model's outputs."""
     kw = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
               param_shapes_constant=True)
     train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=kw)
@@ -155,6 +155,17 @@ def test_fx_forward_backward_and_torchscript(name):
     scripted = torch.jit.script(_fx(model))
     with torch.inference_mode():
         assert torch.allclose(_cat(scripted(x)), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_every_other_model_builds_and_runs_one_image(name):
+    model = timm.create_model(name).eval()
+    info = timm.models.FeatureInfo(model.feature_info, len(model.feature_info))
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(_x())
+        out = model.forward_head(final)
+    assert out.shape == (1, 10) and not out.isnan().any()
+    assert [o.shape[1:] for o in inter] == [(c, 32 // r, 32 // r) for c, r in zip(info.channels(), info.reduction())]
 
 
 # ---- pretrained loading through timm's builder ------------------------------------------------------

@@ -9,7 +9,9 @@ from whatever ``source`` is, detected by :func:`detect_source`:
 * a folder with ``train.npz`` / ``test.npz`` (arrays ``images`` uint8 NHWC and ``labels``);
 * a folder holding one of those in a ``cifar10`` / ``cifar100`` subfolder (``data/``).
 
-Without a source, the folder in ``$WNZOO_DATA`` is read if it is set, else the HF dataset id.
+Without a source, the folder in ``$WNZOO_DATA`` is read if it is set, else the HF dataset id. A
+Hub that cannot be reached fails in seconds (:class:`HubUnreachable`), not after the download
+retries of ``datasets``; ``HF_HUB_OFFLINE=1`` reads the ``datasets`` cache only.
 
 ``DeviceData`` keeps those uint8 arrays on the training device and batches, augments (crop with
 4-px zero padding, horizontal flip, optional cutout) and normalizes there, so no DataLoader worker
@@ -30,13 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import constants
 
 from ._datasets import DATASETS
+from .hub import hub_unreachable
 
 DATA_ENV = "WNZOO_DATA"  # a data folder used when no source is given
 
-__all__ = ["DATA_ENV", "load_split", "detect_source", "DeviceData", "DataError", "DATASETS", "train_val_indices",
-           "normalize", "fingerprint"]
+__all__ = ["DATA_ENV", "load_split", "detect_source", "DeviceData", "DataError", "HubUnreachable", "DATASETS",
+           "train_val_indices", "normalize", "fingerprint"]
 
 # torchvision's extracted folder per dataset: its name, batch files per split, metadata file, label key
 _TORCHVISION = {
@@ -56,6 +60,11 @@ def _local_hint(dataset: str) -> str:
 
 class DataError(ValueError):
     """A data source that cannot be used; the message names the problem and the fix."""
+
+
+class HubUnreachable(DataError):
+    """The HF Hub source of every dataset is out of reach (no network, or offline mode and nothing
+    cached): a fault of the source, not of one dataset, so callers stop at once."""
 
 
 def _check_arrays(images: np.ndarray, labels: np.ndarray, dataset: str, origin: str) -> tuple[np.ndarray, np.ndarray]:
@@ -204,6 +213,11 @@ def _load_parquet(folder: Path, dataset: str, split: str) -> tuple[np.ndarray, n
 
 def _load_hub(repo_id: str, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Through ``datasets`` (imported here: training machines may not have it), from its cache or the Hub."""
+    offline = constants.HF_HUB_OFFLINE  # then the datasets cache is read, with no request
+    unreachable = None if offline else hub_unreachable(repo_id, "README.md", repo_type="dataset")
+    if unreachable:  # datasets would retry each of its requests five times
+        raise HubUnreachable(f"the HF dataset {repo_id!r} cannot be loaded: the Hub at {unreachable}; "
+                             f"{_local_hint(dataset)}. With a copy in the datasets cache, set HF_HUB_OFFLINE=1")
     try:
         import datasets
     except ImportError as e:
@@ -211,11 +225,13 @@ def _load_hub(repo_id: str, dataset: str, split: str) -> tuple[np.ndarray, np.nd
                         f"or {_local_hint(dataset)}") from e
     try:
         ds = datasets.load_dataset(repo_id, split=split)
-    except Exception as e:  # no network, offline mode, unknown repo or split: all end in the same advice
-        reason = str(e).splitlines()[0] if str(e) else ""
-        raise DataError(f"could not load the {split!r} split of the HF dataset {repo_id!r} ({type(e).__name__}: "
-                        f"{reason}; there is no local folder of that name either). With no network (or "
-                        f"HF_HUB_OFFLINE=1), {_local_hint(dataset)}") from e
+    except Exception as e:  # offline and not cached, unknown repo or split: all end in the same advice
+        reason = f"{type(e).__name__}: {next(iter(str(e).splitlines()), '')}"
+        if offline:
+            raise HubUnreachable(f"HF_HUB_OFFLINE is set and the datasets cache has no {split!r} split of the HF "
+                                 f"dataset {repo_id!r} ({reason}); {_local_hint(dataset)}") from e
+        raise DataError(f"could not load the {split!r} split of the HF dataset {repo_id!r} ({reason}; there is no "
+                        f"local folder of that name either); {_local_hint(dataset)}") from e
     return _decode_table(ds.with_format("arrow")[:], dataset, f"{repo_id} ({split})")
 
 

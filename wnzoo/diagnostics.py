@@ -189,7 +189,8 @@ def compared_schemes(name: str) -> list[str]:
 
 
 def plot_signal_propagation(results: dict[str, SignalProp], path: str, title: str = "") -> None:
-    """Two panels (forward, backward), log scale, one line per scheme; stages dashed and labelled."""
+    """Two panels (forward, backward), log scale, one line per scheme; stages dashed and labelled; the
+    legend under the panels, where it hides no curve."""
     import matplotlib.pyplot as plt
 
     fig = signal_propagation_figure(results, title)
@@ -219,7 +220,7 @@ def signal_propagation_figure(results: dict[str, SignalProp], title: str = ""):
                    fontsize=8, color="grey")
         a.set(yscale="log", xlabel="residual block b", ylabel=ylabel)
         a.grid(alpha=0.3, which="both")
-        a.legend(loc="lower left")
     fig.suptitle(title or "signal propagation at initialization")
-    fig.tight_layout()
+    fig.legend(*ax[0].get_legend_handles_labels(), loc="lower center", ncol=len(results), frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

@@ -1,8 +1,9 @@
 """Accuracy of a model on a test set, and the reproduction table that ``python eval/cifar.py`` prints.
 
-The table evaluates published variants (:mod:`wnzoo.published`) or local checkpoints on their
+The table evaluates published variants (:mod:`wnzoo.published`) or a local checkpoint on their
 dataset's official test split and puts each measured top-1 beside the model card's, the paper's
-(Table 1, :mod:`wnzoo.paper`) and the BN twin's card. Models are evaluated fused
+(Table 1, :mod:`wnzoo.paper`) and the BN twin's card. Only published weights are held to their
+card; a local checkpoint is a row of its own, named by its file. Models are evaluated fused
 (:func:`wnzoo.fuse`), channels_last, from uint8 data held on the device, in batches of 256 (the
 fastest size measured on 2 CPU cores; 1000 was 20 % slower) under ``torch.inference_mode``: the
 fast path, with the same predictions as the plain model.
@@ -22,8 +23,8 @@ from tqdm.auto import tqdm
 from . import published
 from ._cli import BAD_INPUT, CARD_MISMATCH, OK
 from ._datasets import TAG_DATASET
-from ._io import WeightsError, read_metadata, sha256_file, weights_path
-from .data import DataError, DeviceData, load_split
+from ._io import WeightsError, read_metadata, weights_path
+from .data import DataError, DeviceData, HubUnreachable, load_split
 from .layers import fuse
 from .paper import PAPER_TABLE1, paper_row
 from .registry import bn_twin, create_model
@@ -112,18 +113,16 @@ def _refuse_other_formats(checkpoint: str | Path) -> None:
                            f"with python train/train.py --export {path.parent}")
 
 
-def _build(name: str, checkpoint: str | Path | None) -> tuple[nn.Module, str, bool]:
-    """Model with weights, its ``arch.tag`` and whether the weights are the published ones."""
-    if checkpoint is None:  # the hub verifies the pinned sha256, so these are the published weights
+def _build(name: str, checkpoint: str | Path | None) -> tuple[nn.Module, str]:
+    """Model with weights (the published ones without ``checkpoint``: the hub verifies their pinned
+    sha256) and its ``arch.tag``."""
+    if checkpoint is None:
         model = create_model(name, pretrained=True)
     else:
         _refuse_other_formats(checkpoint)
         model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)))
     cfg = model.pretrained_cfg
-    variant = f"{cfg['architecture']}.{cfg['tag']}"
-    rec = published.get(variant)
-    is_published = rec is not None and (checkpoint is None or sha256_file(weights_path(checkpoint)) == rec.sha256)
-    return model, variant, is_published
+    return model, f"{cfg['architecture']}.{cfg['tag']}"
 
 
 def _card_top1(variant: str | None) -> float | None:
@@ -131,8 +130,10 @@ def _card_top1(variant: str | None) -> float | None:
     return rec.top1 if rec else None
 
 
-def _row(model: nn.Module, variant: str, is_published: bool, checkpoint: str | Path | None, data: DeviceData,
-         batch_size: int, compile: bool, progress: bool) -> dict:
+def _row(model: nn.Module, variant: str, checkpoint: str | Path | None, data: DeviceData, batch_size: int,
+         compile: bool, progress: bool) -> dict:
+    """One row of the table. A checkpoint's row shows the published variant's card for reference (the
+    user's weights are not the card's): ``published`` False, no ``delta_card``, never a mismatch."""
     device = data.labels.device
     fast = inference_model(model, device, channels_last=data.channels_last, compile=compile)
     if compile:  # compile on a warm-up batch, so images/s measures the compiled model, not the compiler
@@ -141,15 +142,16 @@ def _row(model: nn.Module, variant: str, is_published: bool, checkpoint: str | P
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    res = evaluate(fast, data, batch_size, progress=progress, desc=variant)
+    res = evaluate(fast, data, batch_size, progress=progress, desc=str(checkpoint or variant))
     seconds = time.perf_counter() - start
-    card, paper = _card_top1(variant), paper_row(variant)
-    return dict(model=variant, weights=str(checkpoint) if checkpoint else "published", published=is_published,
+    card, paper, is_published = _card_top1(variant), paper_row(variant), checkpoint is None
+    return dict(model=variant, weights="published" if is_published else str(checkpoint), published=is_published,
                 params=sum(p.numel() for p in model.parameters()), dataset=_dataset(variant), n=res["n"],
                 full_test_split=res["n"] == TEST_SPLIT_SIZE, top1=round(res["top1"], 2),
                 top5=round(res["top5"], 2), loss=round(res["loss"], 4), card_top1=card,
                 paper_top1=paper.top1 if paper else None, bn_twin_top1=_card_top1(bn_twin(variant)),
-                delta_card=round(res["top1"] - card, 2) + 0.0 if card is not None else None,  # + 0.0: no "-0.00"
+                delta_card=(round(res["top1"] - card, 2) + 0.0  # + 0.0: no "-0.00"
+                            if is_published and card is not None else None),
                 images_per_s=round(res["n"] / seconds, 1), device=str(device))
 
 
@@ -163,12 +165,14 @@ def reproduction_table(models: list[str] | None = None, checkpoint: str | Path |
                        batch_size: int = 256, compile: bool = False, progress: bool = False) -> list[dict]:
     """Evaluate ``models`` (default: every published variant) on their datasets' test splits.
 
-    ``checkpoint`` evaluates a local safetensors file as the one architecture in ``models``.
+    ``checkpoint`` evaluates a local safetensors file as the one architecture in ``models``: its row
+    has ``weights`` the file and ``published`` False, and is never compared with a card.
     ``data`` is any source :func:`wnzoo.data.load_split` accepts (a folder holding ``cifar10/`` and
     ``cifar100/`` serves both); ``None`` means each dataset's HF id. Each test split is loaded once.
     Returns one dict per model (the columns of :func:`format_table`); a model whose weights or data
     cannot be had gets ``{'model', 'error'}`` instead, so one missing dataset or download does not
-    hide the rest of the table. Unknown names and devices raise ``ValueError``.
+    hide the rest of the table. Unknown names and devices raise ``ValueError``, and so does a Hub
+    that cannot be reached for the data (:class:`~wnzoo.data.HubUnreachable`): no row could have it.
     """
     if checkpoint is not None and (not models or len(models) != 1):
         raise ValueError("a checkpoint needs exactly one architecture to load it into, e.g. "
@@ -178,7 +182,7 @@ def reproduction_table(models: list[str] | None = None, checkpoint: str | Path |
     rows = []
     for name in models or sorted(published.variants()):
         try:
-            model, variant, is_published = _build(name, checkpoint)
+            model, variant = _build(name, checkpoint)
         except WeightsError as e:
             rows.append(dict(model=name, error=str(e)))
             continue
@@ -186,12 +190,14 @@ def reproduction_table(models: list[str] | None = None, checkpoint: str | Path |
         if dataset not in loaded:
             try:
                 loaded[dataset] = load_test_data(data, dataset, device)
+            except HubUnreachable:
+                raise
             except DataError as e:
                 loaded[dataset] = e
         if isinstance(loaded[dataset], DataError):
             rows.append(dict(model=variant, error=str(loaded[dataset])))
             continue
-        rows.append(_row(model, variant, is_published, checkpoint, loaded[dataset], batch_size, compile, progress))
+        rows.append(_row(model, variant, checkpoint, loaded[dataset], batch_size, compile, progress))
     return rows
 
 
@@ -234,23 +240,20 @@ def _render(header: list[str], body: list[list[str]], right: set[int]) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The reproduction table: top-5 only for CIFAR-100 rows (no column without one), '—' where there is
-    nothing to compare."""
+    nothing to compare. A checkpoint's row is named by its file: it is not the published variant."""
     header = ["model", "params", "dataset", "top-1", "top-5", "card", "paper", "BN twin", "Δ card", "img/s"]
-    body, notes = [], []
+    body = []
     for r in rows:
         if "error" in r:
             body.append([r["model"], "—", "—", "error"] + ["—"] * 6)
             continue
-        mark = "" if r["weights"] == "published" else " *"
-        if mark:
-            notes.append(f"* weights from {r['weights']}")
-        body.append([r["model"] + mark, f"{r['params'] / 1e6:.2f}M", r["dataset"], _fmt(r["top1"]),
+        body.append([r["model"] if r["published"] else r["weights"], f"{r['params'] / 1e6:.2f}M", r["dataset"], _fmt(r["top1"]),
                      _fmt(r["top5"] if r["dataset"] == "cifar100" else None), _fmt(r["card_top1"]),
                      _fmt(r["paper_top1"]), _fmt(r["bn_twin_top1"]), _fmt(r["delta_card"], "+.2f"),
                      _fmt(r["images_per_s"], ".0f")])
     if not any(r.get("dataset") == "cifar100" for r in rows):
         header, body = header[:4] + header[5:], [b[:4] + b[5:] for b in body]
-    return "\n".join([_render(header, body, right=set(range(3, len(header))))] + notes)
+    return _render(header, body, right=set(range(3, len(header))))
 
 
 def format_paper_table(rows: Sequence[dict] = ()) -> str:

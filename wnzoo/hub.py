@@ -9,7 +9,8 @@ metrics. Resolution order for ``pretrained=True``:
 2. the Hugging Face cache / Hub through ``hf_hub_download`` (honours ``HF_ENDPOINT``,
    ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and ``cache_dir``). A published repo is read at its pinned
    revision; another repo (``hf-hub:org/name[@rev]``, ``pretrained_cfg_overlay=dict(hf_hub_id=...)``)
-   at the revision named, or ``main``;
+   at the revision named, or ``main``. A Hub that does not answer one request (:func:`hub_unreachable`)
+   is not asked again (a download retries five times, 23 s of waiting): the cache alone is read;
 3. for a published variant, the release copy kept in this repository under ``hub/<arch>.<tag>/``,
    so a fresh clone works with no network at all. A publish interrupted there is finished or undone
    first (:meth:`wnzoo.published.ReleaseDir.try_recover`); where it cannot be (another process is
@@ -23,21 +24,40 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError
 from timm.models import get_pretrained_cfg, resolve_pretrained_cfg
 
 from . import published
 from ._io import WEIGHTS_FILE, WeightsError, check_weights_file, sha256_file, weights_path
 
-__all__ = ["published_cfg", "resolve_pretrained", "resolve_weights", "sha256_file", "RELEASE_DIR", "WEIGHTS_FILE",
-           "WeightsError"]
+__all__ = ["published_cfg", "resolve_pretrained", "resolve_weights", "hub_unreachable", "sha256_file", "RELEASE_DIR",
+           "WEIGHTS_FILE", "WeightsError"]
 
 _log = logging.getLogger(__name__)
 
 RELEASE_DIR = Path(__file__).resolve().parent.parent / "hub"
+
+
+def hub_unreachable(repo_id: str, filename: str, repo_type: str | None = None,
+                    revision: str | None = None) -> str | None:
+    """Why the Hub cannot serve ``filename`` of ``repo_id`` now, if it cannot: offline mode, or no answer
+    to one request for the file's metadata, with the Hub's own timeout for those (``HF_HUB_ETAG_TIMEOUT``)
+    and no retries, where a download (``hf_hub_download``, ``datasets``) retries five times, 23 s of waiting."""
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision)
+    try:
+        get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError:  # the Hub answered (a missing repo or file): the download says what is wrong
+        return None
+    except (OSError, *HfHubHTTPError.__bases__) as e:  # refused, timed out, no such host (httpx's base error)
+        return f"{constants.ENDPOINT} cannot be reached ({type(e).__name__}: {next(iter(str(e).splitlines()), '')})"
+    return None
 
 
 def published_cfg(name: str) -> dict:
@@ -115,6 +135,11 @@ def resolve_weights(name: str, cfg: dict, cache_dir: str | os.PathLike | None = 
         # A variant pinned to its local release commit is not on huggingface.co: ask only the cache there
         # (a mirror set with HF_ENDPOINT may serve it), instead of retrying a download that cannot succeed.
         local_only = pinned and not rec.pushed and constants.ENDPOINT.rstrip("/") == "https://huggingface.co"
+        # A file cached at a commit is read with no request; else one request tells whether the Hub answers.
+        cached = bool(revision and re.fullmatch(r"[0-9a-f]{40}", revision)) and isinstance(
+            try_to_load_from_cache(repo_id, WEIGHTS_FILE, cache_dir=cache_dir, revision=revision), str)
+        if not (local_only or cached) and hub_unreachable(repo_id, WEIGHTS_FILE, revision=revision):
+            local_only = True
         path = Path(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision, cache_dir=cache_dir,
                                     local_files_only=local_only))
     except Exception as e:  # no network, offline cache miss, missing repo or file: fall back, keep the reason

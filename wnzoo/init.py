@@ -82,7 +82,9 @@ def proposed_he(model: nn.Module) -> nn.Module:
 
 
 def hanin(model: nn.Module, decay: float = 0.9) -> nn.Module:
-    """Stage-wise Hanin & Rolnick: proposed, but the b-th branch of each stage scaled by ``decay**b``."""
+    """Stage-wise Hanin & Rolnick, as the authors' code: proposed, except that the last conv of the b-th
+    block of a stage (b = 1, 2, ... within the stage) gets γ = ``decay**(2b)`` (0.81^b) instead of 1/B_k,
+    i.e. ``g = decay**b · sqrt(fan_in/fan_out)``: the branches decay geometrically, with no 1/B_k factor."""
     return _gain_init(model, "hanin", "orthogonal", hanin_decay=decay)
 
 

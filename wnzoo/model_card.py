@@ -20,15 +20,19 @@ from ._datasets import DATASETS, DatasetInfo
 from .published import HubFolder, PublishedVariant
 from .registry import norm_of, split_norm, twin_name
 
-__all__ = ["describe_arch", "variant_card", "zoo_card", "zoo_status", "WNZOO_CITATION", "MODEL_CARD"]
+__all__ = ["describe_arch", "variant_card", "zoo_card", "zoo_status", "WNZOO_CITATION", "MODEL_CARD", "HUB_ORG_URL"]
 
 MODEL_CARD = Path(__file__).resolve().parent.parent / "MODEL_CARD.md"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+HUB_ORG_URL = "https://huggingface.co/wnzoo"  # the Hub organisation of every published repo (``wnzoo/<arch>.<tag>``)
 
-WNZOO_CITATION = """@software{wnzoo,
-  title = {wnzoo: weight-normalized residual networks for CIFAR with the initialization of Arpit, Campos and Bengio (2019), with batch-norm twins},
-  note  = {Model zoo of PyTorch checkpoints published on the Hugging Face Hub},
-}"""
+WNZOO_CITATION = f"""@software{{wnzoo,
+  title  = {{wnzoo: weight-normalized residual networks for CIFAR with the initialization of Arpit, Campos and Bengio (2019), with batch-norm twins}},
+  author = {{{{wnzoo contributors}}}},
+  year   = {{2026}},
+  url    = {{{HUB_ORG_URL}}},
+  note   = {{Model zoo of PyTorch checkpoints published on the Hugging Face Hub}},
+}}"""
 
 # Both cards are rendered with the whitespace rules of the Hub's ``ModelCard.from_template`` (Jinja2's
 # defaults), but a missing value fails instead of printing nothing.
@@ -78,15 +82,16 @@ def describe_arch(arch: str) -> str:
             f"(BN-ReLU-conv)")
 
 
-def _recipe(cfg: dict[str, Any], device: str) -> list[tuple[str, Any]]:
-    """(setting, value) rows of the card's recipe table, in words, from the resolved training config."""
+def _recipe(cfg: dict[str, Any], hardware: list[str]) -> list[tuple[str, Any]]:
+    """(setting, value) rows of the card's recipe table, in words, from the resolved training config and
+    the devices it trained on (bf16 autocast runs on GPUs only)."""
     wd_where = ("every parameter" if cfg.get("wd_on_gains_biases_bn") else
                 "conv and classifier weights only (not WN gains, biases or BN parameters)")
     warm = (f"{cfg['warmup_epochs']:g} epochs, {cfg['warmup_shape']} from lr {cfg['warmup_lr']:g}"
             if cfg.get("warmup_epochs") else "none")
     sched = cfg["schedule"] + (f" (×{cfg['gamma']:g} at {', '.join(f'{m:g}' for m in cfg['milestones'])} of the run)"
                                if cfg["schedule"] == "step" else "")
-    bf16 = cfg.get("amp") == "bf16" and device.startswith("cuda")  # autocast runs on CUDA only
+    bf16 = cfg.get("amp") == "bf16" and any(h != "cpu" for h in hardware)
     return [("epochs", cfg["epochs"]), ("batch size", cfg["batch_size"]),
             ("optimizer", f"SGD, momentum {cfg['momentum']:g}" + (", Nesterov" if cfg.get("nesterov") else "")),
             ("learning rate", f"{cfg['lr']:g}, {sched} schedule"), ("warmup", warm),
@@ -110,11 +115,14 @@ def _card_data(rec: PublishedVariant, ds: DatasetInfo) -> ModelCardData:
     )
 
 
-def variant_card(rec: PublishedVariant, *, train_cfg: dict[str, Any], summary: dict[str, Any],
+def variant_card(rec: PublishedVariant, *, train_cfg: dict[str, Any], trained: dict[str, Any],
                  history: list[dict[str, Any]], reproduce: str, recipe_notes: str, files: list[str],
                  twin: PublishedVariant | None) -> ModelCard:
     """The Hub model card of one variant: what it is, how to load it, its measured accuracy beside the
-    paper's and the BN twin's, how it was trained and how to reproduce it (``templates/variant_card.md``)."""
+    paper's and the BN twin's, how it was trained and how to reproduce it (``templates/variant_card.md``).
+
+    ``trained`` is where it trained (``hardware``: the devices' names in order, ``world_size``), as its
+    folder's ``config.json`` keeps it; ``twin`` the twin's record, if it is published."""
     ds, twin_variant = DATASETS[rec.dataset], twin_name(rec.name)
     data = _card_data(rec, ds)
     text = _JINJA.get_template("variant_card.md").render(
@@ -122,7 +130,7 @@ def variant_card(rec: PublishedVariant, *, train_cfg: dict[str, Any], summary: d
         topology=split_norm(rec.arch)[1], architecture=describe_arch(rec.arch),
         own_paper=_paper(rec.name), twin_paper=_paper(twin_variant),
         twin_name=twin_variant, twin_norm=norm_of(twin_variant).upper(), twin=twin,
-        train_cfg=train_cfg, summary=summary, recipe=_recipe(train_cfg, summary.get("device", "")),
+        train_cfg=train_cfg, trained=trained, recipe=_recipe(train_cfg, trained.get("hardware", [])),
         train_seconds=sum(r.get("epoch_time_s", 0.0) for r in history),
         reproduce=reproduce, recipe_notes=recipe_notes, files=files, wnzoo_citation=WNZOO_CITATION)
     return ModelCard(text)

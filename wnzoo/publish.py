@@ -5,9 +5,10 @@
 1. reads the run folder (finished, its model and dataset match the repo id) and finds the recipe in
    ``configs/`` that reproduces it (differences become ``--set`` overrides in the card's command);
 2. builds the Hub folder: ``model.safetensors`` (re-saved from a strict load, so its keys are the
-   model's own), ``config.json`` (timm's schema plus wnzoo's fields), ``README.md`` (the model card),
-   ``recipe.yaml`` (the resolved training config), ``metrics.jsonl`` and ``curves.png``; the run's
-   resume state (``state.safetensors``, with optimizer momentum) is never published;
+   model's own), ``config.json`` (timm's schema plus wnzoo's fields, where it trained among them),
+   ``recipe.yaml`` (the resolved training config), ``metrics.jsonl``, and from those
+   (:func:`write_derived`) ``curves.png`` and ``README.md`` (the model card); the run's resume state
+   (``state.safetensors``, with optimizer momentum) is never published;
 3. verifies it: strict load through the path users take, re-evaluation of the fused model on the
    full test split on CPU (the card states this number, never one from the training log, and the
    two must agree), the card's, config's and record's numbers and hashes equal;
@@ -25,7 +26,10 @@
    ``published.json`` is the commit; then the old copy goes aside (``.old``), the new one takes its
    place, and the old one, the journal and the cards follow. Until the commit the old variant loads as
    before, after it the new one; the next publish or load of pretrained weights finishes or undoes an
-   interrupted publish, and nothing is deleted before the new record is in place.
+   interrupted publish, and nothing is deleted before the new record is in place. The twin's card
+   names the variant's accuracy, so the same transaction regenerates the twin's release copy
+   (:func:`refresh` does it alone) and re-pins it; a twin on the Hub changes only with a push
+   (``hub/publish.py --refresh TWIN --push``), which the publish says.
 
 Checks that need no work come first: the run (a diverged one needs a changed recipe, not a resume),
 its model, dataset and its weights' number of classes against the repo id, then the published variant
@@ -72,10 +76,11 @@ from .published import PUBLISHED_JSON, STATUS_END, STATUS_START, HubFolder, Publ
 from .registry import create_model, is_zoo_model, twin_name
 from .training import RunFolder, load_config
 from .training.config import NON_RECIPE_KEYS
+from .training.plots import plot_curves
 
-__all__ = ["publish", "PublishError", "Run", "build_folder", "measure", "verify_folder", "commit_folder",
-           "commit_message", "push_folder", "check_push_access", "recover", "write_zoo_card", "write_readme_status",
-           "STATUS_START", "STATUS_END"]
+__all__ = ["publish", "refresh", "PublishError", "Run", "build_folder", "write_derived", "measure", "verify_folder",
+           "commit_folder", "commit_message", "push_folder", "check_push_access", "recover", "write_zoo_card",
+           "write_readme_status", "STATUS_START", "STATUS_END"]
 
 _log = logging.getLogger(__name__)
 
@@ -205,10 +210,14 @@ def recipe_for(run: Run, recipe: str | os.PathLike | None = None) -> tuple[str, 
     except ValueError:
         raise PublishError(f"recipe {path} is outside the repository {REPO_ROOT}; the card links it, so it must "
                            f"be a tracked file such as configs/X.yaml") from None
-    want = load_config(path).to_dict()
-    overrides = [shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in run.config.items()
-                 if k not in NON_RECIPE_KEYS and want.get(k) != v]
-    return rel.as_posix(), overrides
+    return rel.as_posix(), recipe_overrides(run.config, path)
+
+
+def recipe_overrides(config: dict[str, Any], recipe_path: Path) -> list[str]:
+    """The ``--set`` overrides (shell-quoted) that turn the recipe at ``recipe_path`` into ``config``."""
+    want = load_config(recipe_path).to_dict()
+    return [shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in config.items()
+            if k not in NON_RECIPE_KEYS and want.get(k) != v]
 
 
 def recipe_notes(recipe_path: Path) -> str:
@@ -222,7 +231,7 @@ def recipe_notes(recipe_path: Path) -> str:
 
 
 def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
-    """Write the weights (strictly loaded and re-saved), the recipe, metrics and curves into ``out``;
+    """Write the weights (strictly loaded and re-saved), the recipe and the metrics into ``out``;
     returns the model holding the weights."""
     _check_fits(run, name)
     arch, tag = split_model_name_tag(name)
@@ -243,9 +252,49 @@ def build_folder(run: Run, name: str, out: Path) -> torch.nn.Module:
     save_safetensors(out / HubFolder.WEIGHTS, model.state_dict(), {"format": "pt"})
     (out / HubFolder.RECIPE).write_text(yaml.safe_dump(run.config, sort_keys=False))
     shutil.copyfile(run.dir / RunFolder.METRICS, out / HubFolder.METRICS)
-    if (run.dir / RunFolder.CURVES).is_file():
-        shutil.copyfile(run.dir / RunFolder.CURVES, out / HubFolder.CURVES)
     return model
+
+
+def _trained_on(summary: dict[str, Any]) -> dict[str, Any]:
+    """Where a run trained, from its summary, as ``config.json`` keeps it for the card: the devices'
+    names in order (``cpu``, a GPU's), and the processes of a distributed run."""
+    hardware = summary.get("hardware") or ([summary["device"]] if summary.get("device") else [])
+    return {"hardware": hardware, "world_size": summary.get("world_size", 1)}
+
+
+# The card's sentence on where the weights trained (templates/variant_card.md), which was its only record in
+# the folders published before config.json kept it.
+_TRAINED_ON_LINE = re.compile(r"^Trained on (?P<hardware>.+?)(?: × (?P<world_size>\d+))?"
+                              r"(?:, \d+ minutes of training epochs)?\.$", re.M)
+
+
+def _trained_on_from_card(card: Path) -> dict[str, Any]:
+    m = _TRAINED_ON_LINE.search(card.read_text()) if card.is_file() else None
+    return {"hardware": m["hardware"].split(" then "), "world_size": int(m["world_size"] or 1)} if m else {
+        "hardware": [], "world_size": 1}
+
+
+def write_derived(folder: Path, rec: PublishedVariant, twin: PublishedVariant | None) -> None:
+    """Write the files of a Hub folder that follow from its others, its record and its twin's record
+    (``None``: not published): ``curves.png`` from ``metrics.jsonl``, and the card. A publish writes
+    them, and writes them again in its twin's folder, whose card names the variant's accuracy."""
+    config = json.loads((folder / HubFolder.CONFIG).read_text())
+    if "trained_on" not in config:  # published before config.json kept it: its card said it
+        config["trained_on"] = _trained_on_from_card(folder / HubFolder.CARD)
+        write_json(folder / HubFolder.CONFIG, config)
+    history = [json.loads(line) for line in (folder / HubFolder.METRICS).read_text().splitlines() if line.strip()]
+    plot_curves(history, folder / HubFolder.CURVES, title=f"{rec.name} on {DATASETS[rec.dataset].display}")
+    recipe = REPO_ROOT / rec.recipe
+    if not recipe.is_file():
+        raise PublishError(f"{rec.name} cites the recipe {rec.recipe}, which is not in {REPO_ROOT}; restore it (git "
+                           f"checkout -- {rec.recipe}): its card links it")
+    train_cfg = yaml.safe_load((folder / HubFolder.RECIPE).read_text())
+    overrides = recipe_overrides(train_cfg, recipe)
+    reproduce = " ".join(["python train/train.py -c", rec.recipe] + (["--set", *overrides] if overrides else []))
+    card = variant_card(rec, train_cfg=train_cfg, trained=config["trained_on"], history=history, reproduce=reproduce,
+                        recipe_notes=recipe_notes(recipe), twin=twin,
+                        files=sorted(p.name for p in folder.iterdir() if p.name != HubFolder.CARD))
+    atomic_write(folder / HubFolder.CARD, lambda p: card.save(p))
 
 
 def _check_shapes(state: dict[str, torch.Tensor], model: torch.nn.Module, file: Path, name: str) -> None:
@@ -271,14 +320,16 @@ def measure(folder: Path, name: str, data: str | os.PathLike) -> dict[str, Any]:
                           torch=torch.__version__.split("+")[0]))
 
 
-def hub_config(model: torch.nn.Module, rec: PublishedVariant) -> dict[str, Any]:
-    """``config.json`` in timm's schema (``timm.create_model('hf-hub:...')`` reads it) plus wnzoo's fields."""
+def hub_config(model: torch.nn.Module, rec: PublishedVariant, trained: dict[str, Any]) -> dict[str, Any]:
+    """``config.json`` in timm's schema (``timm.create_model('hf-hub:...')`` reads it) plus wnzoo's fields,
+    among them where the weights trained (:func:`_trained_on`), which the card states."""
     cfg = filter_pretrained_cfg(model.pretrained_cfg, remove_source=True, remove_null=True)
     cfg.pop("architecture", None)
     return {"architecture": rec.arch, "num_classes": model.num_classes, "num_features": model.num_features,
             "global_pool": "avg", "pretrained_cfg": cfg,
             **{k: getattr(rec, k) for k in ("dataset", "metrics", "eval", "recipe", "params", "epochs", "sha256")},
-            "hf_dataset": DATASETS[rec.dataset].hf_id, "library": "wnzoo", "wnzoo_version": __version__}
+            "trained_on": trained, "hf_dataset": DATASETS[rec.dataset].hf_id, "library": "wnzoo",
+            "wnzoo_version": __version__}
 
 
 def verify_folder(folder: Path, rec: PublishedVariant, weights: bool = True) -> None:
@@ -508,25 +559,17 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, *, data: str
         now = f"logged {logged:.2f} %" if logged is not None else "has no test-set number yet"
         raise PublishError(f"{name} is already published (top-1 {old.top1:.2f} % after {old.epochs} epochs); this run "
                            f"{now} after {run.summary.get('epochs_done')} epochs. Pass --replace to replace it")
-    recipe_rel, overrides = recipe_for(run, recipe)
+    recipe_rel, _ = recipe_for(run, recipe)  # no recipe is an error before the minutes of work
     if out is not None:  # every output is checked before the minutes of evaluation
         if Path(out).exists() and any(Path(out).iterdir()):
             raise PublishError(f"output folder {out} is not empty; choose a new --out")
         check_writable(out, folder=True)
     if not dry_run:
-        for path, folder in ((release_dir, True), (published_json, False), (zoo_card_path, False)):
-            check_writable(path, folder)
-        readme = zoo_card_path.with_name("README.md")
-        if readme.is_file():
-            check_writable(readme)
-            write_readme_status(readme, None)  # only checks its status markers
-        if push:
-            check_push_access(endpoint, token)
-        recover(release_dir)
+        _check_targets(release_dir, published_json, zoo_card_path, push, endpoint, token)
     tmp = None if out else Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix('publish')}{name}-"))
     stage = Path(out) if out else tmp / name
     try:
-        rec = _build_and_verify(run, repo_id, stage, data, recipe_rel, overrides, published.load(published_json))
+        rec = _build_and_verify(run, repo_id, stage, data, recipe_rel, published.load(published_json))
         if dry_run:
             tmp = None  # keep the folder for inspection
             return rec, stage
@@ -537,8 +580,23 @@ def publish(run_dir: str | os.PathLike, repo_id: str | None = None, *, data: str
     return rec, release_dir / name
 
 
+def _check_targets(release_dir: Path, published_json: Path, zoo_card_path: Path, push: bool, endpoint: str | None,
+                   token: str | None) -> None:
+    """Before any work: what a publish writes can be written (the README's status markers are there), the
+    Hub takes a push, and an interrupted publish is finished or undone."""
+    for path, folder in ((release_dir, True), (published_json, False), (zoo_card_path, False)):
+        check_writable(path, folder)
+    readme = zoo_card_path.with_name("README.md")
+    if readme.is_file():
+        check_writable(readme)
+        write_readme_status(readme, None)  # only checks its status markers
+    if push:
+        check_push_access(endpoint, token)
+    recover(release_dir)
+
+
 def _build_and_verify(run: Run, repo_id: str, stage: Path, data: str | os.PathLike | None, recipe_rel: str,
-                      overrides: list[str], records: dict[str, PublishedVariant]) -> PublishedVariant:
+                      records: dict[str, PublishedVariant]) -> PublishedVariant:
     name, arch, tag = parse_repo_id(repo_id)
     model = build_folder(run, name, stage)
     measured = measure(stage, name, data if data is not None else run.config["data"])
@@ -551,12 +609,8 @@ def _build_and_verify(run: Run, repo_id: str, stage: Path, data: str | os.PathLi
         metrics=measured["metrics"], recipe=recipe_rel, params=sum(p.numel() for p in model.parameters()),
         arch=arch, tag=tag, epochs=run.summary.get("epochs_done", run.config["epochs"]),
         size=(stage / HubFolder.WEIGHTS).stat().st_size, eval=measured["eval"])
-    write_json(stage / HubFolder.CONFIG, hub_config(model, rec))
-    reproduce = " ".join(["python train/train.py -c", recipe_rel] + (["--set", *overrides] if overrides else []))
-    card = variant_card(rec, train_cfg=run.config, summary=run.summary, history=run.history, reproduce=reproduce,
-                        recipe_notes=recipe_notes(REPO_ROOT / recipe_rel),
-                        files=sorted(p.name for p in stage.iterdir()), twin=records.get(twin_name(name)))
-    atomic_write(stage / HubFolder.CARD, lambda p: card.save(p))
+    write_json(stage / HubFolder.CONFIG, hub_config(model, rec, _trained_on(run.summary)))
+    write_derived(stage, rec, records.get(twin_name(name)))
     verify_folder(stage, rec)
     return rec
 
@@ -570,11 +624,7 @@ def _pin_and_record(rec: PublishedVariant, stage: Path, push: bool, endpoint: st
     if total > RELEASE_TOTAL_MAX_BYTES:
         raise PublishError(f"the release copies would take {total / 2**20:.1f} MiB, over the "
                            f"{RELEASE_TOTAL_MAX_BYTES >> 20} MiB the repository allows")
-    if push:
-        revision, hub_tag = push_folder(stage, rec.repo_id, commit_message(rec), endpoint, token)
-        rec = dataclasses.replace(rec, revision=revision, hub_tag=hub_tag, pushed=True)
-    else:
-        rec = dataclasses.replace(rec, revision=local_revision(stage, commit_message(rec)))
+    rec = _pin(rec, stage, push, endpoint, token)
     if not keep_weights:
         _log.warning("%s is %.1f MB, over the %d MB kept in the repository: the release copy has no weights, so "
                      "a fresh clone loads them from the Hub only", HubFolder.WEIGHTS, rec.size / 1e6,
@@ -583,16 +633,110 @@ def _pin_and_record(rec: PublishedVariant, stage: Path, push: bool, endpoint: st
     return rec
 
 
+def _pin(rec: PublishedVariant, folder: Path, push: bool, endpoint: str | None, token: str | None) -> PublishedVariant:
+    """``rec`` pinned to ``folder``: pushed as a new Hub commit, else the folder's deterministic local commit."""
+    if push:
+        revision, hub_tag = push_folder(folder, rec.repo_id, commit_message(rec), endpoint, token)
+        return dataclasses.replace(rec, revision=revision, hub_tag=hub_tag, pushed=True)
+    return dataclasses.replace(rec, revision=local_revision(folder, commit_message(rec)))
+
+
 def _install(rec: PublishedVariant, stage: Path, skip: tuple[str, ...], release_dir: Path, published_json: Path,
              zoo_card_path: Path) -> None:
-    """Make ``stage`` (but ``skip``) the release copy of ``rec`` and ``rec`` its record, as one transaction."""
-    with _locked(release_dir) as releases:
+    """Make ``stage`` (but ``skip``) the release copy of ``rec`` and ``rec`` its record, with the twin's
+    copy regenerated to name it, as one transaction."""
+    with _locked(release_dir) as releases, tempfile.TemporaryDirectory(prefix=_tmp_prefix("publish")) as tmp:
         releases.recover()
-        records = {**published.load(published_json), rec.name: rec}
-        journal = {"name": rec.name, "new": rec.to_dict(),
-                   "published_json": os.path.relpath(published_json, release_dir),
-                   "card": os.path.relpath(zoo_card_path, release_dir), "card_text": zoo_card(records),
-                   "status": zoo_status(records)}
-        releases.begin(journal, stage, skip)  # from here on an interruption is undone ...
-        published.save(records, published_json)  # ... and from here on finished: the commit
-        releases.roll_forward(journal)
+        records = published.load(published_json)
+        changes = [(rec, stage)]
+        twin = records.get(twin_name(rec.name))
+        if twin is not None and (new_twin := _regenerated_twin(releases, twin, rec, Path(tmp) / twin.name)):
+            changes.append(new_twin)
+        _commit(releases, records, changes, skip, published_json, zoo_card_path)
+
+
+def _regenerated_twin(releases: ReleaseDir, twin: PublishedVariant, rec: PublishedVariant,
+                      out: Path) -> tuple[PublishedVariant, Path] | None:
+    """The twin's release copy with its card naming ``rec``, in ``out``, and its record re-pinned to it;
+    ``None`` where nothing changed, or where it cannot be pinned here (it is on the Hub, or its weights
+    are not in its release copy), which is logged."""
+    if twin.pushed:
+        _log.warning("%s is on the Hub, so its card there still names the %s it knew; regenerate it with python "
+                     "hub/publish.py --refresh %s --push", twin.name, rec.name, twin.name)
+        return None
+    if not (releases.folder(twin.name, twin) / HubFolder.WEIGHTS).is_file():
+        _log.warning("%s's release copy has no weights, so its card cannot be regenerated and pinned here; it still "
+                     "names the %s it knew", twin.name, rec.name)
+        return None
+    folder = _regenerate(releases, twin, rec, out)
+    new = dataclasses.replace(twin, revision=local_revision(folder, commit_message(twin)))
+    return (new, folder) if new != twin else None
+
+
+def _regenerate(releases: ReleaseDir, rec: PublishedVariant, twin: PublishedVariant | None, out: Path) -> Path:
+    """A copy of ``rec``'s release copy in ``out``, its derived files written anew (:func:`write_derived`)
+    and verified."""
+    shutil.copytree(releases.folder(rec.name, rec), out)
+    write_derived(out, rec, twin)
+    verify_folder(out, rec)
+    return out
+
+
+def _commit(releases: ReleaseDir, records: dict[str, PublishedVariant], changes: list[tuple[PublishedVariant, Path]],
+            skip: tuple[str, ...], published_json: Path, zoo_card_path: Path) -> None:
+    """Under the lock: make each folder of ``changes`` the release copy of its record (the first one less
+    ``skip``) and the records those of ``records`` updated with them, as one transaction."""
+    records = {**records, **{rec.name: rec for rec, _ in changes}}
+    (main, _), *also = changes
+    journal = {"name": main.name, "new": main.to_dict(), "also": [rec.to_dict() for rec, _ in also],
+               "published_json": os.path.relpath(published_json, releases.path),
+               "card": os.path.relpath(zoo_card_path, releases.path), "card_text": zoo_card(records),
+               "status": zoo_status(records)}
+    releases.begin(journal, {rec.name: folder for rec, folder in changes}, skip)  # from here on undone ...
+    published.save(records, published_json)  # ... and from here on finished: the commit
+    releases.roll_forward(journal)
+
+
+def refresh(name: str, *, push: bool = False, endpoint: str | None = None, token: str | None = None,
+            release_dir: Path = RELEASE_DIR, published_json: Path = PUBLISHED_JSON,
+            zoo_card_path: Path = MODEL_CARD) -> PublishedVariant:
+    """Regenerate the derived files of the published variant ``name`` (its card, naming its twin's current
+    record, and ``curves.png``) from its release copy, pin them (a local commit; with ``push`` a new Hub
+    commit, the only way a variant on the Hub changes) and record them, as one transaction. What a
+    publish does to its twin's copy; for a card whose template, twin or recipe notes changed since.
+    Returns the new record (the old one where nothing changed)."""
+    _clean_temporary_folders()
+    _check_targets(release_dir, published_json, zoo_card_path, push, endpoint, token)
+    records = published.load(published_json)
+    rec = records.get(name)
+    if rec is None:
+        raise PublishError(f"{name} is not published (published: {', '.join(sorted(records)) or 'none'}); publish a "
+                           f"run first: python hub/publish.py RUN_DIR")
+    if rec.pushed and not push:
+        raise PublishError(f"{name} is on the Hub ({rec.hub_tag or rec.revision}), so its card changes only with a new "
+                           f"Hub commit: add --push")
+    releases = ReleaseDir(release_dir)
+    if not (releases.folder(name, rec) / HubFolder.WEIGHTS).is_file():
+        raise PublishError(f"the release copy of {name} has no {HubFolder.WEIGHTS} (it is over "
+                           f"{RELEASE_MAX_BYTES // 1_000_000} MB), so its files cannot be pinned here; publish its run "
+                           f"again with --replace")
+    twin = records.get(twin_name(name))
+    with tempfile.TemporaryDirectory(prefix=_tmp_prefix("publish")) as tmp:
+        folder = _regenerate(releases, rec, twin, Path(tmp) / name)
+        if _same_files(folder, releases.folder(name, rec)):
+            return rec
+        new = _pin(rec, folder, push, endpoint, token)
+        with _locked(release_dir) as releases:
+            releases.recover()
+            now = published.load(published_json)
+            if (now.get(name), now.get(twin_name(name))) != (rec, twin):
+                raise PublishError(f"{name} or its twin was published while its files were regenerated; run the "
+                                   f"same command again")
+            _commit(releases, now, [(new, folder)], (), published_json, zoo_card_path)
+    return new
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.iterdir())
+    return names == sorted(p.name for p in b.iterdir()) and all(
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names)

@@ -6,7 +6,8 @@ through :func:`variants`, as timm reads its ``PretrainedCfg`` and torchvision it
 
 The release copies beside it (``hub/<arch>.<tag>/``) change with it as one transaction
 (:class:`ReleaseDir`): saving the records is the commit, and whoever touches ``hub/`` next (a
-publish, a load of pretrained weights) finishes or undoes a publish that was interrupted.
+publish, a load of pretrained weights) finishes or undoes a publish that was interrupted. A publish
+changes the copies of the variant and of its twin (whose card names the variant's accuracy).
 """
 from __future__ import annotations
 
@@ -175,7 +176,9 @@ def write_cards(card: Path, text: str, status: str) -> None:
 
 
 # The journal's fields (see ReleaseDir): paths are relative to the release dir, so a moved checkout still recovers.
+# ``new`` is the published record, ``also`` those of other copies that change with it (a twin's regenerated card).
 _JOURNAL_KEYS = {"name": str, "new": dict, "published_json": str, "card": str, "card_text": str, "status": str}
+_JOURNAL_OPTIONAL = {"also": list}  # absent from the journals of earlier versions, which changed one copy
 
 
 def _fsync(path: Path) -> None:
@@ -192,13 +195,14 @@ def _fsync(path: Path) -> None:
 class ReleaseDir:
     """The release copies ``<arch>.<tag>/`` (``hub/``), and what a publish in progress keeps beside them.
 
-    A publish (under :attr:`LOCK`, for its whole last phase) stages the new copy as ``.<name>.new``,
-    writes :attr:`JOURNAL` (its record, the records file it commits to and the cards that follow),
-    commits by saving the records file, then rolls forward: the old copy goes aside to ``.<name>.old``,
-    the new one takes its place, the old one and the journal are deleted, the cards rewritten. So the
-    records file decides: if it holds the journal's record the publish happened, and :meth:`recover`
-    finishes it, else it did not, and :meth:`recover` deletes the staged copy. Until then a loader
-    that cannot recover finds the valid copy with :meth:`folder`.
+    A publish (under :attr:`LOCK`, for its whole last phase) stages each new copy as ``.<name>.new``
+    (its variant's, and its twin's with a regenerated card), writes :attr:`JOURNAL` (their records,
+    the records file it commits to and the cards that follow), commits by saving the records file,
+    then rolls forward: each old copy goes aside to ``.<name>.old``, the new one takes its place, the
+    old ones and the journal are deleted, the cards rewritten. So the records file decides: if it
+    holds the journal's records the publish happened, and :meth:`recover` finishes it, else it did
+    not, and :meth:`recover` deletes the staged copies. Until then a loader that cannot recover finds
+    the valid copy with :meth:`folder`.
     """
 
     JOURNAL, LOCK = ".publish-journal.json", ".publish.lock"
@@ -233,48 +237,61 @@ class ReleaseDir:
             journal = json.loads(raw)
             wrong = [k for k, t in _JOURNAL_KEYS.items() if not isinstance(journal, dict) or
                      not isinstance(journal.get(k), t)]
+            wrong += [k for k, t in _JOURNAL_OPTIONAL.items() if isinstance(journal, dict) and k in journal
+                      and not isinstance(journal[k], t)]
             if wrong:
                 raise ValueError(f"{', '.join(wrong)} missing or of the wrong type")
             name = PublishedVariant.from_dict(journal["new"]).name
-            if journal["name"] != name or Path(name).name != name or name.startswith("."):
+            if journal["name"] != name:
                 raise ValueError(f"the name {journal['name']!r} is not its record's {name!r}")
+            names = [rec.name for rec in self.records(journal)]
+            bad = [n for n in names if Path(n).name != n or n.startswith(".")]
+            if bad or len(set(names)) < len(names):
+                raise ValueError(f"its names {names} are not those of distinct release copies")
         except ValueError as e:
             raise ValueError(f"{path} is damaged ({e}), so the publish it was recording cannot be finished: delete "
                              f"it and the .*.new/.*.old folders beside it, restore the release copies (git checkout "
                              f"-- {self.path.name}/) and publish again") from None
         return journal
 
-    def begin(self, journal: dict[str, Any], stage: Path, skip: tuple[str, ...] = ()) -> None:
-        """Copy the files of ``stage`` (but ``skip``) to ``.<name>.new`` and write ``journal`` (fsynced, both)."""
-        new = self.new(journal["name"])
-        new.mkdir()
-        for p in sorted(stage.iterdir()):
-            if p.name not in skip:
-                shutil.copyfile(p, new / p.name)
-                _fsync(new / p.name)
-        _fsync(new)
+    @staticmethod
+    def records(journal: dict[str, Any]) -> list[PublishedVariant]:
+        """The records of the copies a journal's publish changes: the published one first."""
+        return [PublishedVariant.from_dict(d) for d in (journal["new"], *journal.get("also", []))]
+
+    def begin(self, journal: dict[str, Any], stages: dict[str, Path], skip: tuple[str, ...] = ()) -> None:
+        """Copy the files of each ``stages[name]`` to ``.<name>.new`` (those of the published variant but
+        ``skip``: weights too large to keep) and write ``journal`` (fsynced, all)."""
+        for name, stage in stages.items():
+            new = self.new(name)
+            new.mkdir()
+            for p in sorted(stage.iterdir()):
+                if name != journal["name"] or p.name not in skip:
+                    shutil.copyfile(p, new / p.name)
+                    _fsync(new / p.name)
+            _fsync(new)
         write_json(self.path / self.JOURNAL, journal)
         _fsync(self.path)
 
     def committed(self, journal: dict[str, Any]) -> bool:
-        """Whether the journal's record is the published one: the fate of its publish."""
+        """Whether the journal's records are the published ones: the fate of its publish."""
         records = load(self.path / journal["published_json"])
-        return records.get(journal["name"]) == PublishedVariant.from_dict(journal["new"])
+        return all(records.get(rec.name) == rec for rec in self.records(journal))
 
     def roll_forward(self, journal: dict[str, Any]) -> None:
         """The steps after the commit; each one is skipped if done, so this finishes from any point."""
-        name = journal["name"]
-        dst, new, old = self.path / name, self.new(name), self.old(name)
-        _fsync((self.path / journal["published_json"]).parent)  # the commit on disk before the old copy moves
-        if new.is_dir():
-            if dst.exists():
-                if old.exists():  # an earlier wnzoo's, kept by recover(): the new record is in place now
-                    shutil.rmtree(old)
-                dst.rename(old)
-            new.rename(dst)
-            _fsync(self.path)
-        if old.exists():
-            shutil.rmtree(old)
+        _fsync((self.path / journal["published_json"]).parent)  # the commit on disk before an old copy moves
+        for name in (rec.name for rec in self.records(journal)):
+            dst, new, old = self.path / name, self.new(name), self.old(name)
+            if new.is_dir():
+                if dst.exists():
+                    if old.exists():  # an earlier wnzoo's, kept by recover(): the new record is in place now
+                        shutil.rmtree(old)
+                    dst.rename(old)
+                new.rename(dst)
+                _fsync(self.path)
+            if old.exists():
+                shutil.rmtree(old)
         write_cards(self.path / journal["card"], journal["card_text"], journal["status"])
         (self.path / self.JOURNAL).unlink()
         _fsync(self.path)
@@ -286,7 +303,8 @@ class ReleaseDir:
             if self.committed(journal):
                 self.roll_forward(journal)
             else:
-                shutil.rmtree(self.new(journal["name"]), ignore_errors=True)
+                for rec in self.records(journal):
+                    shutil.rmtree(self.new(rec.name), ignore_errors=True)
                 (self.path / self.JOURNAL).unlink()
         for p in self.leftovers():  # copies staged before a journal was written, a journal's temporary file
             if not p.name.endswith(".old"):
@@ -313,7 +331,6 @@ class ReleaseDir:
         committed publish is not rolled forward, else ``<name>/``."""
         journal = self.journal()
         new = self.new(name)
-        if (journal is not None and journal["name"] == name and new.is_dir()
-                and PublishedVariant.from_dict(journal["new"]) == rec):
+        if journal is not None and new.is_dir() and rec in self.records(journal):
             return new
         return self.path / name

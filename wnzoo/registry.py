@@ -60,11 +60,30 @@ def bn_twin(name: str) -> str | None:
     return twin_name(name) if norm_of(name) == "wn" else None
 
 
+def _typos(a: str, b: str) -> int:
+    """Edit distance counting a swap of neighbours as one typo (optimal string alignment)."""
+    before, prev = [], list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            d = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                d = min(d, before[j - 2] + 1)
+            row.append(d)
+        before, prev = prev, row
+    return prev[-1]
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
-    """`` Did you mean a, b?`` for the choices close to ``name``, or an empty string."""
+    """`` Did you mean a, b?`` for the choices close to ``name``, or an empty string.
+
+    difflib's ratio decides what is close; the fewest typos rank first, since the ratio ties a one-letter
+    slip (``wn_resnet2O``) with a name two letters off (``wn_resnet32``)."""
     by_lower = {c.lower(): c for c in choices}  # a name typed in capitals is still close to its own
-    close = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.5)
-    return f" Did you mean {', '.join(by_lower[c] for c in close)}?" if close else ""
+    typed = name.lower()
+    ratio = {c: difflib.SequenceMatcher(None, typed, c).ratio() for c in by_lower}
+    close = sorted((c for c, r in ratio.items() if r >= 0.5), key=lambda c: (_typos(typed, c), -ratio[c], c))
+    return f" Did you mean {', '.join(by_lower[c] for c in close[:n])}?" if close else ""
 
 
 def unknown_model(name: str) -> ValueError:

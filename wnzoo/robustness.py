@@ -36,8 +36,8 @@ from .training.checkpoint import RunFolder
 from .training.config import NON_RECIPE_KEYS, TrainConfig, shown
 from .training.loop import DataSource, TrainingDiverged, initial_model, shared_data, train
 
-__all__ = ["hessian_spectral_norm", "hessian_at_init", "hessian_sweep", "train_cell", "depth_sweep", "divergence_grid",
-           "blocks_for_depth", "Journal", "Shard", "parse_shard"]
+__all__ = ["hessian_spectral_norm", "hessian_at_init", "hessian_sweep", "hessian_outcome", "train_cell", "depth_sweep",
+           "divergence_grid", "blocks_for_depth", "Journal", "Shard", "parse_shard"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Shard = tuple[int, int]  # (i, n): the i-th of n shards, 0 <= i < n
@@ -81,7 +81,8 @@ def hessian_spectral_norm(model: nn.Module, batches: Iterable[Batch], iters: int
 
     As the authors, the model runs in train mode (BN normalizes with batch statistics); its BN
     running statistics are restored afterwards. Returns ``||H v||`` for the last unit ``v``: the
-    magnitude of the eigenvalue largest in magnitude (``inf`` if the products overflow).
+    magnitude of the eigenvalue largest in magnitude (``inf`` if the products overflow, 0 if one is
+    exactly zero: a degenerate measurement, e.g. of a model whose every ReLU is off).
     """
     if iters < 1:
         raise ValueError(f"iters must be at least 1, got {iters}")
@@ -126,15 +127,15 @@ def hessian_sweep(base: TrainConfig, schemes: Sequence[str], seeds: Sequence[int
                   out: str | Path, settings: dict[str, Any] | None = None, progress: bool = True,
                   shard: Shard | None = None, merge: bool = False) -> list[dict[str, Any]]:
     """:func:`hessian_at_init` for every scheme × seed; one row per model: ``init, seed``,
-    ``spectral_norm`` and its natural log ``log_norm`` (``None`` if the products overflowed).
-    Resumable in ``out``; ``shard`` and ``merge`` as in the module docs."""
+    ``spectral_norm`` (``None`` if the products overflowed; 0 for a zero product) and its natural
+    log ``log_norm`` (``None`` for both). Resumable in ``out``; ``shard`` and ``merge`` as in the module docs."""
     cells = [dict(init=s, seed=k) for s in schemes for k in seeds]
     data = shared_data()
 
     def measure(cell: dict[str, Any]) -> dict[str, Any]:
         norm = hessian_at_init(dataclasses.replace(base, **cell), batches, iters, data)
-        finite = math.isfinite(norm) and norm > 0
-        return dict(spectral_norm=norm if finite else None, log_norm=math.log(norm) if finite else None)
+        finite = math.isfinite(norm)
+        return dict(spectral_norm=norm if finite else None, log_norm=math.log(norm) if finite and norm > 0 else None)
 
     extra = dict(settings or {}, batches=batches, iters=iters)
     with _journal(out, base, cells, extra, shard, ("spectral_norm", "log_norm")) as journal:
@@ -297,9 +298,18 @@ def _run_cells(cells: list[dict[str, Any]], measure: Callable[[dict[str, Any]], 
     return [journal.row(c) for c in cells]
 
 
+def hessian_outcome(row: dict[str, Any]) -> str | None:
+    """Why a Hessian row has no log norm: ``'overflow'`` (the products overflowed) or ``'zero HVP'``
+    (a Hessian-vector product was exactly zero: a degenerate measurement, not a small curvature);
+    ``None`` if it has one."""
+    if row["spectral_norm"] is None:
+        return "overflow"
+    return "zero HVP" if row["log_norm"] is None else None
+
+
 def _outcome(row: dict[str, Any]) -> str:
     if "log_norm" in row:
-        return "overflow" if row["log_norm"] is None else f"ln|H| {row['log_norm']:.2f}"
+        return hessian_outcome(row) or f"ln|H| {row['log_norm']:.2f}"
     if not row["survived"]:
         return "diverged"
     return "survived" if row["test_acc"] is None else f"acc {row['test_acc']:.1f}"

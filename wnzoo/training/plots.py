@@ -8,7 +8,11 @@ from .._io import atomic_write
 __all__ = ["plot_curves"]
 
 
-def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
+def plot_curves(history: list[dict], path: str | Path, title: str) -> None:
+    """Loss, accuracy and learning rate of ``history`` (one row per epoch) in ``path``, under ``title``:
+    a run's figure and a Hub folder's are read apart from their folders, so each says what it shows."""
+    if not title:
+        raise ValueError("a training-curves figure needs a title that names its run")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -36,8 +40,7 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
         a.legend()
         a.grid(alpha=0.3)
     ax[2].grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png", metadata={"Title": title}))
     plt.close(fig)
