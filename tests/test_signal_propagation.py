@@ -127,6 +127,7 @@ def test_signal_propagation_leaves_model_untouched_and_plots(tmp_path):
     assert all(a.get_legend() is None for a in fig.axes) and len(fig.legends) == 1  # under the panels, off the curves
 
 
+@pytest.mark.slow  # 9 s, a process of its own; the figure itself is drawn in the fast suite
 def test_cli_writes_png(tmp_path):
     import subprocess
     import sys

@@ -44,6 +44,7 @@ def _states_equal(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
+@pytest.mark.slow  # 16 s; the fast suite keeps a job's devices and the recipe checks
 def test_a_queue_trains_in_parallel_pauses_at_the_budget_and_resumes_exactly(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
@@ -98,6 +99,7 @@ def test_cli_checks_every_recipe_before_starting(tiny, tmp_path):
     assert r.returncode == 2 and "positive number of minutes" in r.stderr
 
 
+@pytest.mark.slow  # 9 s; every command's handling of SIGTERM is in the fast suite (tests/test_faults.py)
 def test_a_job_ended_by_sigterm_stops_its_runs(tiny, tmp_path):
     """A scheduler's time limit sends SIGTERM to the job: its runs (in their own process groups)
     must stop with it, not train on unseen."""

@@ -409,7 +409,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "hessian": Experiment(
         "hessian", "Table 2: log spectral norm of the loss Hessian at initialization", _HESSIAN, _run_hessian,
         lambda rows, cfg: _hessian_report(rows, cfg.model, _arch("hessian", cfg)[0]), _hessian_figure,
-        "7.0 min",
+        "5.4 min",
         differences=("the batches are augmented as in the recipe's training (cutout, for Table 1's WRN-40-10 and "
                      "ResNet-164); the code's default has no cutout",
                      "they are drawn from all 50,000 training images, the code's from its 45,000-image training split",
@@ -418,13 +418,13 @@ EXPERIMENTS: dict[str, Experiment] = {
     "depth_sweep": Experiment(
         "depth_sweep", "Figure 3, left: test accuracy after one epoch vs number of layers", _DEPTH, _run_depth,
         lambda rows, cfg: _depth_report(rows, DATASETS[cfg.dataset].num_classes), _depth_figure,
-        "7.4 min",
+        "5.4 min",
         differences=("an epoch is all 50,000 training images (390 steps of 128) and test accuracy is measured "
                      "after it; the code holds 5,000 out for validation (352 steps)",)),
     "lr_robustness": Experiment(
         "lr_robustness", "Figure 3, right: % of runs that reach their last epoch (3 in the paper) without diverging",
         _GRID, _run_grid,
-        lambda rows, cfg: _grid_report(rows), _grid_figure, "19 min",
+        lambda rows, cfg: _grid_report(rows), _grid_figure, "8.5 min",
         swept=("init", "seed", "lr", "warmup_epochs")),
 }
 RECIPE = "configs/wn_wrn40_10_c10_proposed.yaml"  # what every preset starts from, relative to the repository
@@ -533,9 +533,8 @@ def cli(experiment: str, argv: list[str] | None = None, repo: Path = Path(".")) 
     epilog = "\n\n".join([
         fill(f"Writes results.json (settings and raw rows), table.md and {experiment}.png into --out, row by row: "
              f"run the same command again to resume a stopped run."),
-        fill(f"--scale cpu took {exp.cpu_time}, as two single-thread shards (OMP_NUM_THREADS=1, --shard 0/2 and "
-             f"1/2, then --merge) on 2 cores that other jobs shared: there, one process of 2 threads is many times "
-             f"slower."),
+        fill(f"--scale cpu took {exp.cpu_time} on 2 idle cores, as two single-thread shards (OMP_NUM_THREADS=1, "
+             f"--shard 0/2 and 1/2, then --merge)."),
         fill("Both scales follow the authors' code where the paper is silent" + (", except:" if exp.differences else "."))
         + "".join("\n" + fill(d, initial_indent="  - ", subsequent_indent="    ") for d in exp.differences),
         "Exit codes: 0 ok, 2 bad input or environment (the message says which), 130 interrupted (the\n"
