@@ -364,6 +364,7 @@ def test_divergence_stops_with_message_and_keeps_checkpoint(tiny_data, tmp_path,
     train(_cfg(tiny_data, epochs=1, warmup_epochs=0), tmp_path / "d2", progress=False)
 
 
+@pytest.mark.slow  # five processes, 17 s; the same refusals run in process (test_bad_input.py, test_data.py, above)
 def test_cli_bad_input_is_a_message_not_a_traceback(tmp_path):
     r = _cli("--set", "optimizer=adam")
     assert r.returncode == 2 and "unknown config key(s) ['optimizer']" in r.stderr and "Traceback" not in r.stderr
