@@ -247,10 +247,21 @@ def test_the_resume_command_of_a_time_boxed_run_is_one_that_runs(monkeypatch):
 
 
 @pytest.mark.parametrize("script", ["train/train.py", pytest.param("hub/publish.py", marks=pytest.mark.slow)])
-def test_a_signal_while_a_command_starts_ends_it_with_130(script):
-    proc = subprocess.Popen([sys.executable, str(REPO / script), "--help"], env=ENV, stdout=subprocess.DEVNULL,
+def test_a_signal_while_a_command_starts_ends_it_with_130(script, tmp_path):
+    # A finder that holds the import of wnzoo._cli (the scripts' first) open, so the signal surely lands in the
+    # imports: a fixed sleep lost the race to a warm cache and --help finished first.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys, time\n"
+        "class Hold:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'wnzoo._cli':\n"
+        "            print('importing', file=sys.stderr, flush=True)\n"
+        "            time.sleep(60)\n"
+        "sys.meta_path.insert(0, Hold())\n")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path), ENV["PYTHONPATH"]])}
+    proc = subprocess.Popen([sys.executable, str(REPO / script), "--help"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # in the imports (about 3 s)
+    assert proc.stderr.readline() == "importing\n"
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130 and err.strip() == "interrupted", err
